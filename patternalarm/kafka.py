@@ -1,0 +1,138 @@
+"""Kafka clients built one way for every layer, and end offsets that are right on any broker.
+
+End offsets: the embedded Tansu broker answers ListOffsets(LATEST) with the base offset of the
+last record batch + 1, which is short of the log end whenever that batch holds several records.
+The high watermark in a Fetch response is right on Tansu and on real Kafka, so end offsets are
+read from a fetch: a short-lived probe consumer starts at the ListOffsets answer (at most one
+batch behind the end, so the fetch is small) and reports the watermark that fetch returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from patternalarm.settings import Settings
+
+# Tansu's JoinGroup waits session.timeout.ms / 2 before answering: keep it short.
+_CONSUMER_DEFAULTS = {"session.timeout.ms": 6000, "enable.auto.commit": False}
+
+
+def admin(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+
+
+def producer(settings: Settings, **config: object) -> Producer:
+    return Producer({"bootstrap.servers": settings.bootstrap_servers, **config})
+
+
+def consumer(settings: Settings, group_id: str, **config: object) -> Consumer:
+    return Consumer({
+        "bootstrap.servers": settings.bootstrap_servers,
+        "group.id": group_id,
+        **_CONSUMER_DEFAULTS,
+        **config,
+    })
+
+
+_quiet = logging.getLogger("patternalarm.kafka.probe")
+_quiet.addHandler(logging.NullHandler())
+_quiet.propagate = False
+
+
+def broker_reachable(settings: Settings, timeout_s: float = 2.0) -> bool:
+    # A health probe expects refusals while the broker starts: keep librdkafka's logs quiet.
+    probe = AdminClient({"bootstrap.servers": settings.bootstrap_servers, "logger": _quiet})
+    try:
+        probe.list_topics(timeout=timeout_s)
+        return True
+    except KafkaException:
+        return False
+
+
+def ensure_topics(settings: Settings, topics: Iterable[str], partitions: int) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created.
+
+    Partition counts are fixed at creation (Tansu does not support CreatePartitions).
+    """
+    client = admin(settings)
+    existing = set(client.list_topics(timeout=10).topics)
+    wanted = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
+    if not wanted:
+        return []
+    created = []
+    for topic, future in client.create_topics(wanted, operation_timeout=10).items():
+        try:
+            future.result()
+            created.append(topic)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return created
+
+
+def partitions_of(settings: Settings, topics: Iterable[str]) -> list[TopicPartition]:
+    meta = admin(settings).list_topics(timeout=10).topics
+    tps = []
+    for topic in topics:
+        if topic not in meta or meta[topic].error is not None:
+            raise KafkaException(f"unknown topic {topic!r}")
+        tps.extend(TopicPartition(topic, p) for p in sorted(meta[topic].partitions))
+    return tps
+
+
+def end_offsets(settings: Settings, topics: Iterable[str],
+                timeout_s: float = 10.0) -> dict[tuple[str, int], int]:
+    """Log end offset (high watermark) of every partition of `topics`."""
+    tps = partitions_of(settings, topics)
+    probe = consumer(settings, f"patternalarm-probe-{uuid.uuid4().hex[:8]}",
+                     **{"enable.partition.eof": True, "fetch.wait.max.ms": 10,
+                        "fetch.queue.backoff.ms": 0})
+    try:
+        starts = [TopicPartition(tp.topic, tp.partition,
+                                 probe.get_watermark_offsets(tp, timeout=timeout_s)[1])
+                  for tp in tps]
+        probe.assign(starts)
+        pending = {(tp.topic, tp.partition) for tp in tps}
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no fetch response for {sorted(pending)} in {timeout_s}s")
+            for msg in probe.consume(10_000, 0.05):
+                err = msg.error()
+                if err is None or err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard((msg.topic(), msg.partition()))
+                else:
+                    raise KafkaException(err)
+        ends = {}
+        for tp in tps:
+            high = probe.get_watermark_offsets(tp, cached=True)[1]
+            if high == OFFSET_INVALID:
+                raise KafkaException(f"no high watermark for {tp.topic}[{tp.partition}]")
+            ends[(tp.topic, tp.partition)] = high
+        return ends
+    finally:
+        probe.close()
+
+
+def consumer_lag(settings: Settings, group_id: str,
+                 topics: Iterable[str]) -> dict[tuple[str, int], int]:
+    """Messages each partition's end is ahead of `group_id`'s committed offset."""
+    topics = list(topics)
+    ends = end_offsets(settings, topics)
+    reader = consumer(settings, group_id)
+    try:
+        committed = reader.committed([TopicPartition(t, p) for t, p in ends], timeout=10)
+    finally:
+        reader.close()
+    lag = {}
+    for tp in committed:
+        end = ends[(tp.topic, tp.partition)]
+        done = tp.offset if tp.offset >= 0 else 0
+        lag[(tp.topic, tp.partition)] = max(end - done, 0)
+    return lag

