@@ -1,0 +1,59 @@
+"""Shared fixtures. Integration tests get the real embedded stack, started once per session in
+its own var dir (removed afterwards) on free ports, so a developer's running stack is never touched."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from patternalarm import settings as settings_mod
+from patternalarm.settings import PROJECT_ROOT, Settings, env_key
+
+_PORT_FIELDS = ("postgres_port", "broker_port", "s3_port", "mlflow_port", "airflow_port",
+                "airflow_scheduler_health_port")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def stack_env() -> Iterator[dict[str, str]]:
+    """PATTERNALARM_* environment of the test stack, exported for this process and children."""
+    # One dir per test process: parallel runs (a developer's and CI's) never share a stack.
+    var_dir = PROJECT_ROOT / "var" / f"test-stack-{os.getpid()}"
+    env = {env_key("var_dir"): str(var_dir)}
+    env.update({env_key(f): str(free_port()) for f in _PORT_FIELDS})
+    # The CI machine has 2 cores: Spark jobs in tests use both.
+    env[env_key("spark_master")] = "local[2]"
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    settings_mod.get.cache_clear()
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    settings_mod.get.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def stack(stack_env: dict[str, str]) -> Iterator[Settings]:
+    """The whole embedded stack (Postgres, broker, MLflow, Airflow), up and healthy."""
+    from patternalarm.services import Stack
+
+    cfg = settings_mod.get()
+    services = Stack(cfg)
+    try:
+        services.up()
+        yield cfg
+    finally:
+        services.down()
+        shutil.rmtree(cfg.var_dir, ignore_errors=True)
