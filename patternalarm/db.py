@@ -92,10 +92,9 @@ def discover(sql_dir: Path = SQL_DIR) -> list[Migration]:
 def migrate(conn: psycopg2.extensions.connection, sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply pending migrations in order; returns the file names applied."""
     applied_now = []
-    with conn:
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
-            cur.execute("""
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        cur.execute("""
                 CREATE TABLE IF NOT EXISTS schema_migrations (
                     version    integer PRIMARY KEY,
                     name       text NOT NULL,

@@ -33,7 +33,8 @@ def major_version(version_output: str) -> int | None:
 
 def find(settings: Settings) -> Path:
     """JAVA_HOME of a supported Java; raises JavaError naming what to install."""
-    home = settings.java_home or (Path(os.environ["JAVA_HOME"]) if "JAVA_HOME" in os.environ else None)
+    env_home = os.environ.get("JAVA_HOME")
+    home = settings.java_home or (Path(env_home) if env_home else None)
     java = str(home / "bin" / "java") if home else shutil.which("java")
     if not java or not Path(java).exists():
         raise JavaError(f"no Java found: {HOW_TO_INSTALL}")

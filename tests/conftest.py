@@ -1,5 +1,5 @@
 """Shared fixtures. Integration tests get the real embedded stack, started once per session in
-its own var dir (removed afterwards) on free ports, so a developer's running stack is never touched."""
+its own var dir (removed afterwards) on free ports: a developer's running stack is untouched."""
 
 from __future__ import annotations
 

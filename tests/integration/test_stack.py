@@ -7,6 +7,7 @@ import contextlib
 import json
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 from confluent_kafka import TopicPartition
@@ -71,7 +72,8 @@ def test_produce_and_consume_round_trip(stack):
     topic = f"test.roundtrip.{uuid.uuid4().hex[:6]}"
     kafka.ensure_topics(stack, [topic], partitions=2)
     produce_in_batches(stack, topic, 300)
-    reader = kafka.consumer(stack, f"rt-{uuid.uuid4().hex[:6]}", **{"auto.offset.reset": "earliest"})
+    reader = kafka.consumer(stack, f"rt-{uuid.uuid4().hex[:6]}",
+                            **{"auto.offset.reset": "earliest"})
     reader.subscribe([topic])
     seen = 0
     try:
@@ -136,7 +138,7 @@ def test_mlflow_server_logs_a_run_to_postgres(stack, tmp_path):
     assert fetched.data.metrics["pr_auc"] == pytest.approx(0.87)
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="note.txt",
                                                 dst_path=str(tmp_path / "dl"))
-    assert open(local).read() == "artifact through the tracking server"
+    assert Path(local).read_text() == "artifact through the tracking server"
     # Stored in the embedded Postgres, not a local file store.
     with contextlib.closing(db.connect(stack, stack.mlflow_db)) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM runs WHERE run_uuid = %s", (run.info.run_id,))

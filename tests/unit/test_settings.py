@@ -88,3 +88,11 @@ def test_topic_names_derive_from_prefix(monkeypatch):
     assert cfg.events_topic("iot") == "acme.events.iot"
     assert set(cfg.all_topics) == {"acme.events.payments", "acme.events.gaming",
                                    "acme.events.iot", "acme.labels", "acme.dlq"}
+
+
+def test_every_setting_is_documented_in_the_readme():
+    from patternalarm.settings import PROJECT_ROOT, Settings, env_key
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    missing = [env_key(f) for f in Settings.model_fields if f"`{env_key(f)}`" not in readme]
+    assert missing == []

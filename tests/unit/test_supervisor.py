@@ -8,7 +8,13 @@ import time
 import psutil
 import pytest
 
-from patternalarm.supervisor import PortInUse, ProcessSpec, ServiceError, Supervisor, ensure_port_free
+from patternalarm.supervisor import (
+    PortInUse,
+    ProcessSpec,
+    ServiceError,
+    Supervisor,
+    ensure_port_free,
+)
 
 # A leader that forks a child into its own process group, like gunicorn or postgres do.
 LEADER_WITH_CHILD = (

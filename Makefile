@@ -1,0 +1,51 @@
+# PatternAlarm. `make help` lists the targets; each bootstraps what it needs.
+SHELL := /bin/bash
+VENV  := .venv
+BIN   := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
+
+.PHONY: setup
+setup: ## build .venv from constraints.txt, extract the broker, check Java
+	@bash scripts/setup.sh
+
+.PHONY: up
+up: setup ## start the embedded services (idempotent) and wait until healthy
+	@$(BIN)/patternalarm up
+
+.PHONY: down
+down: ## stop every embedded service
+	@if [ -x $(BIN)/patternalarm ]; then $(BIN)/patternalarm down; fi
+
+.PHONY: status
+status: ## health, pid, memory and URL of each service
+	@$(BIN)/patternalarm status
+
+.PHONY: demo
+demo: setup ## bring the whole system up and print where to look
+	@$(BIN)/patternalarm up
+
+.PHONY: test
+test: setup ## all tests: unit, DAG integrity, integration on real services
+	@$(BIN)/pytest $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: setup ## fast tests only (no services)
+	@$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: setup ## ruff
+	@$(BIN)/ruff check .
+
+.PHONY: bench
+bench: setup ## run every benchmark under benchmarks/ (see benchmarks/RESULTS.md)
+	@set -e; for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script; done
+
+.PHONY: clean
+clean: down ## stop services and delete var/ (all local data)
+	rm -rf var
