@@ -30,8 +30,12 @@ from patternalarm.settings import Settings
 _CONSUMER_DEFAULTS = {"session.timeout.ms": 6000, "enable.auto.commit": False}
 
 
+# librdkafka logs through Python logging: its chatter at info level stays out of CLI output.
+_log = logging.getLogger("patternalarm.kafka")
+
+
 def admin(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    return AdminClient({"bootstrap.servers": settings.bootstrap_servers, "logger": _log})
 
 
 def producer(settings: Settings, **config: object) -> Producer:
