@@ -23,19 +23,26 @@ from pathlib import Path
 
 from patternalarm import db, java, kafka, secrets
 from patternalarm.settings import PROJECT_ROOT, Settings, env_key, mask_url
-from patternalarm.supervisor import ProcessSpec, ServiceError, Status, Supervisor, port_open
+from patternalarm.supervisor import ProcessSpec, ServiceError, Status, Supervisor
 
 VENV_BIN = Path(sys.executable).parent
 PG_SYSTEM_USER = "embedded_postgres"
 S3_BUCKET = "tansu"
 
 
-def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+def http_status(url: str, timeout_s: float = 2.0) -> int | None:
+    """HTTP status of a GET, or None when nothing answered."""
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            return resp.status == 200
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
     except (urllib.error.URLError, OSError):
-        return False
+        return None
+
+
+def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+    return http_status(url, timeout_s) == 200
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------
@@ -138,7 +145,8 @@ def s3_spec(settings: Settings) -> ProcessSpec:
               "--listen", f"{settings.bind_host}:{settings.s3_port}", "--no-auth",
               "--allow-bucket-creation"],
         ports={settings.s3_port: env_key("s3_port")},
-        healthy=lambda: port_open(settings.bind_host, settings.s3_port),
+        # An open port is not enough: the server accepts before it answers requests.
+        healthy=lambda: http_status(endpoint) is not None,
         url=endpoint,
     )
 

@@ -89,9 +89,12 @@ class Supervisor:
         """Start `spec` unless it already runs; returns True when a process was started."""
         if self.process(spec.name):
             return False
+        crashed = self._read_state(spec.name) is not None
         self._kill_group(spec.name, signal.SIGKILL)  # leftovers of a crashed leader
         for port, setting in spec.ports.items():
-            ensure_port_free(port, setting)
+            # A killed multi-threaded process shows as a zombie while its other threads still
+            # hold its sockets: give a crashed service's ports a moment to close.
+            ensure_port_free(port, setting, wait_s=5.0 if crashed else 0.0)
         if spec.prepare:
             spec.prepare()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -203,16 +206,22 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
-def ensure_port_free(port: int, setting: str, host: str = "127.0.0.1") -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            raise PortInUse(
-                f"port {port} is already in use by another process: set {setting} to a free port "
-                f"(e.g. in .env) or stop what uses it (`ss -ltnp 'sport = :{port}'` shows it)"
-            ) from None
+def ensure_port_free(port: int, setting: str, host: str = "127.0.0.1",
+                     wait_s: float = 0.0) -> None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+                return
+            except OSError:
+                if time.monotonic() >= deadline:
+                    raise PortInUse(
+                        f"port {port} is already in use by another process: set {setting} to a "
+                        f"free port (e.g. in .env) or stop what uses it "
+                        f"(`ss -ltnp 'sport = :{port}'` shows it)") from None
+        time.sleep(0.05)
 
 
 def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +16,14 @@ from patternalarm.settings import PROJECT_ROOT, Settings, env_key
 
 _PORT_FIELDS = ("postgres_port", "broker_port", "s3_port", "mlflow_port", "airflow_port",
                 "airflow_scheduler_health_port")
+
+
+def wait_until(condition, timeout_s: float = 10.0) -> None:
+    """Poll a condition (never a bare sleep as synchronisation); fail if it never holds."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
 
 
 def free_port() -> int:

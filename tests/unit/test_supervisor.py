@@ -3,7 +3,6 @@
 import os
 import signal
 import sys
-import time
 
 import psutil
 import pytest
@@ -15,6 +14,7 @@ from patternalarm.supervisor import (
     Supervisor,
     ensure_port_free,
 )
+from tests.conftest import wait_until
 
 # A leader that forks a child into its own process group, like gunicorn or postgres do.
 LEADER_WITH_CHILD = (
@@ -30,13 +30,6 @@ def spec(name="svc", code=LEADER_WITH_CHILD, **kw):
 
 def group_of(sup, name):
     return sup._group_members(name)
-
-
-def wait_for(predicate, timeout=10):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -58,7 +51,7 @@ def test_start_is_idempotent(sup):
 def test_stop_kills_the_whole_group(sup):
     s = spec()
     sup.start(s)
-    wait_for(lambda: len(group_of(sup, "svc")) == 2)
+    wait_until(lambda: len(group_of(sup, "svc")) == 2)
     members = group_of(sup, "svc")
     assert sup.stop(s) is True
     assert not any(m.is_running() and m.status() != psutil.STATUS_ZOMBIE for m in members)
@@ -68,20 +61,20 @@ def test_stop_kills_the_whole_group(sup):
 def test_crashed_leader_is_restarted_and_its_orphans_removed(sup):
     s = spec()
     sup.start(s)
-    wait_for(lambda: len(group_of(sup, "svc")) == 2)
+    wait_until(lambda: len(group_of(sup, "svc")) == 2)
     leader = sup.process("svc")
     orphan = next(m for m in group_of(sup, "svc") if m.pid != leader.pid)
     os.kill(leader.pid, signal.SIGKILL)
-    wait_for(lambda: sup.process("svc") is None)
+    wait_until(lambda: sup.process("svc") is None)
     assert sup.start(s) is True
     assert sup.process("svc").pid != leader.pid
-    wait_for(lambda: not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE)
+    wait_until(lambda: not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE)
 
 
 def test_down_after_crash_leaves_no_stray_process(sup):
     s = spec()
     sup.start(s)
-    wait_for(lambda: len(group_of(sup, "svc")) == 2)
+    wait_until(lambda: len(group_of(sup, "svc")) == 2)
     members = group_of(sup, "svc")
     os.kill(sup.process("svc").pid, signal.SIGKILL)
     sup.stop(s)
