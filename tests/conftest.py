@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from patternalarm import kafka
 from patternalarm import settings as settings_mod
 from patternalarm.settings import PROJECT_ROOT, Settings, env_key
 
@@ -66,3 +67,18 @@ def stack(stack_env: dict[str, str]) -> Iterator[Settings]:
     finally:
         services.down()
         shutil.rmtree(cfg.var_dir, ignore_errors=True)
+
+
+def produce_in_batches(cfg, topic: str, n: int) -> dict[int, int]:
+    """Produce n messages with batching on (several records per batch); count acks per partition."""
+    producer = kafka.producer(cfg, **{"linger.ms": 50, "batch.num.messages": 500})
+    acked: dict[int, int] = {}
+
+    def on_delivery(err, msg):
+        assert err is None, err
+        acked[msg.partition()] = acked.get(msg.partition(), 0) + 1
+
+    for i in range(n):
+        producer.produce(topic, key=f"entity-{i % 37}", value=b"{}", on_delivery=on_delivery)
+    assert producer.flush(30) == 0
+    return acked

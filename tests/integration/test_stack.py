@@ -14,23 +14,9 @@ from confluent_kafka import TopicPartition
 
 from patternalarm import db, kafka, secrets
 from patternalarm.services import Stack
+from tests.conftest import produce_in_batches
 
 pytestmark = pytest.mark.integration
-
-
-def produce_in_batches(cfg, topic: str, n: int) -> dict[int, int]:
-    """Produce n messages with batching on (several records per batch); count acks per partition."""
-    producer = kafka.producer(cfg, **{"linger.ms": 50, "batch.num.messages": 500})
-    acked: dict[int, int] = {}
-
-    def on_delivery(err, msg):
-        assert err is None, err
-        acked[msg.partition()] = acked.get(msg.partition(), 0) + 1
-
-    for i in range(n):
-        producer.produce(topic, key=f"entity-{i % 37}", value=b"{}", on_delivery=on_delivery)
-    assert producer.flush(30) == 0
-    return acked
 
 
 def test_topics_from_settings_exist(stack):

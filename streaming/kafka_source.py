@@ -1,0 +1,261 @@
+"""Kafka as a PySpark 4 Python Data Source (`format("pa_kafka")`), over confluent-kafka.
+
+Spark's own `kafka` format needs the spark-sql-kafka jar, which cannot be fetched here; this
+source gives the same columns (key, value, topic, partition, offset, timestamp, timestampType)
+so the job can use either (`kafka_stream`). Offsets are planned on the driver per partition per
+micro-batch and kept in Spark's checkpoint: a restarted query replays exactly the ranges it had
+planned, and an idempotent sink makes that exactly once. With `group.id`, Spark's commit of a
+batch (made when it plans the next one) is also committed to the consumer group, so lag tools
+see progress trailing by one micro-batch; correctness never depends on these commits.
+
+Options:
+  kafka.bootstrap.servers   required
+  subscribe                 comma-separated topics
+  startingOffsets           earliest (default) | latest | JSON {"topic": {"0": 42}}
+  maxOffsetsPerTrigger      cap on records per micro-batch, shared across partitions
+  group.id                  group whose committed offsets follow the query (optional)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
+from pyspark.sql.streaming.datasource import (
+    ReadAllAvailable,
+    ReadLimit,
+    ReadMaxRows,
+    SupportsTriggerAvailableNow,
+)
+
+SCHEMA = ("key binary, value binary, topic string, partition int, offset long, "
+          "timestamp timestamp, timestampType int")
+_READ_BATCH = 10_000
+_STALL_TIMEOUT_S = 60.0
+
+Offsets = dict[str, dict[str, int]]  # {"topic": {"partition": next offset to read}}
+
+
+@dataclass(frozen=True)
+class OffsetRange(InputPartition):
+    servers: str
+    topic: str
+    partition: int
+    start: int
+    end: int  # exclusive
+
+
+class KafkaDataSource(DataSource):
+    @classmethod
+    def name(cls) -> str:
+        return "pa_kafka"
+
+    def schema(self) -> str:
+        return SCHEMA
+
+    def streamReader(self, schema) -> KafkaStreamReader:
+        return KafkaStreamReader(self.options)
+
+
+def _flatten(offsets: Offsets) -> dict[tuple[str, int], int]:
+    return {(t, int(p)): o for t, parts in offsets.items() for p, o in parts.items()}
+
+
+def _nest(flat: dict[tuple[str, int], int]) -> Offsets:
+    nested: Offsets = {}
+    for (topic, partition), offset in sorted(flat.items()):
+        nested.setdefault(topic, {})[str(partition)] = offset
+    return nested
+
+
+def cap_offsets(start: dict[tuple[str, int], int], end: dict[tuple[str, int], int],
+                max_rows: int) -> dict[tuple[str, int], int]:
+    """Limit a micro-batch to `max_rows`, shared across partitions in proportion to backlog.
+
+    Every partition with a backlog advances by at least one record, so none starves.
+    """
+    backlog = {tp: max(end[tp] - start.get(tp, 0), 0) for tp in end}
+    total = sum(backlog.values())
+    if total <= max_rows:
+        return dict(end)
+    capped = {}
+    for tp, pending in backlog.items():
+        share = max(1, pending * max_rows // total) if pending else 0
+        capped[tp] = start.get(tp, 0) + min(pending, share)
+    return capped
+
+
+class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
+    def __init__(self, options: dict[str, str]):
+        try:
+            self.servers = options["kafka.bootstrap.servers"]
+            self.topics = [t.strip() for t in options["subscribe"].split(",") if t.strip()]
+        except KeyError as missing:
+            raise ValueError(f"pa_kafka needs option {missing.args[0]!r}") from None
+        self.starting = options.get("startingOffsets", "earliest")
+        cap = options.get("maxOffsetsPerTrigger")
+        self.max_rows = int(cap) if cap else None
+        if self.max_rows is not None and self.max_rows <= 0:
+            raise ValueError("maxOffsetsPerTrigger must be positive")
+        self.group_id = options.get("group.id")
+        self._known_ends: dict[tuple[str, int], int] | None = None
+        self._available_now_target: dict[tuple[str, int], int] | None = None
+
+    # --- planning, on the driver ---------------------------------------------------------
+
+    def _partitions(self) -> list[tuple[str, int]]:
+        from confluent_kafka.admin import AdminClient
+
+        meta = AdminClient({"bootstrap.servers": self.servers}).list_topics(timeout=10).topics
+        missing = [t for t in self.topics if t not in meta or meta[t].error is not None]
+        if missing:
+            raise ValueError(f"pa_kafka: unknown topics {missing}")
+        return [(t, p) for t in self.topics for p in sorted(meta[t].partitions)]
+
+    def _end_offsets(self) -> dict[tuple[str, int], int]:
+        """Current log ends; after the first call, fetched from the last known ends."""
+        from confluent_kafka import TopicPartition
+
+        from patternalarm.kafka import high_watermarks
+
+        partitions = self._partitions()
+        known = self._known_ends or {}
+        probes = [TopicPartition(t, p, known.get((t, p), -1)) for t, p in partitions]
+        self._known_ends = high_watermarks(self.servers, probes)
+        return self._known_ends
+
+    def initialOffset(self) -> Offsets:
+        if self.starting == "earliest":
+            return _nest({tp: 0 for tp in self._partitions()})
+        if self.starting == "latest":
+            return _nest(self._end_offsets())
+        try:
+            given = _flatten(json.loads(self.starting))
+        except (ValueError, AttributeError):
+            raise ValueError("startingOffsets must be earliest, latest or JSON "
+                             '{"topic": {"0": 42}}') from None
+        return _nest({tp: given.get(tp, 0) for tp in self._partitions()})
+
+    def getDefaultReadLimit(self) -> ReadLimit:
+        return ReadMaxRows(self.max_rows) if self.max_rows else ReadAllAvailable()
+
+    def prepareForTriggerAvailableNow(self) -> None:
+        self._available_now_target = self._end_offsets()
+
+    def latestOffset(self, start: Offsets, limit: ReadLimit) -> Offsets:
+        begin = _flatten(start)
+        ends = self._available_now_target or self._end_offsets()
+        # Partitions that appeared since the start read from their beginning.
+        ends = {tp: max(end, begin.get(tp, 0)) for tp, end in ends.items()}
+        if isinstance(limit, ReadMaxRows):
+            ends = cap_offsets(begin, ends, limit.max_rows)
+        return _nest(ends)
+
+    def reportLatestOffset(self) -> Offsets | None:
+        return _nest(self._known_ends) if self._known_ends else None
+
+    def partitions(self, start: Offsets, end: Offsets) -> list[OffsetRange]:
+        begin = _flatten(start)
+        return [OffsetRange(self.servers, t, p, begin.get((t, p), 0), stop)
+                for (t, p), stop in _flatten(end).items() if stop > begin.get((t, p), 0)]
+
+    def commit(self, end: Offsets) -> None:
+        if not self.group_id:
+            return
+        from confluent_kafka import Consumer, TopicPartition
+
+        committer = Consumer({"bootstrap.servers": self.servers, "group.id": self.group_id,
+                              "enable.auto.commit": False})
+        try:
+            committer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in
+                                      _flatten(end).items()], asynchronous=False)
+        finally:
+            committer.close()
+
+    # --- reading, on the executors ---------------------------------------------------------
+
+    def read(self, partition: OffsetRange) -> Iterator:
+        import pyarrow as pa
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+        reader = Consumer({"bootstrap.servers": partition.servers,
+                           "group.id": f"pa-source-{partition.topic}",
+                           "enable.auto.commit": False, "fetch.wait.max.ms": 50})
+        reader.assign([TopicPartition(partition.topic, partition.partition, partition.start)])
+        schema = pa.schema([("key", pa.binary()), ("value", pa.binary()),
+                            ("topic", pa.string()), ("partition", pa.int32()),
+                            ("offset", pa.int64()), ("timestamp", pa.timestamp("us", "UTC")),
+                            ("timestampType", pa.int32())])
+        position = partition.start
+        last_progress = time.monotonic()
+        try:
+            while position < partition.end:
+                if time.monotonic() - last_progress > _STALL_TIMEOUT_S:
+                    # e.g. the in-memory broker restarted and lost the planned range.
+                    raise RuntimeError(
+                        f"{partition.topic}[{partition.partition}] offsets {position}.."
+                        f"{partition.end - 1} planned but unreadable for {_STALL_TIMEOUT_S}s")
+                # Ask only for what the range still holds, so consume returns at once.
+                wanted = min(_READ_BATCH, partition.end - position)
+                keys, values, offsets, stamps, kinds = [], [], [], [], []
+                for msg in reader.consume(wanted, 0.5):
+                    if msg.error():
+                        raise KafkaException(msg.error())
+                    if msg.offset() >= partition.end:
+                        break
+                    kind, stamp = msg.timestamp()
+                    keys.append(msg.key())
+                    values.append(msg.value())
+                    offsets.append(msg.offset())
+                    stamps.append(stamp)
+                    kinds.append(kind)
+                if not offsets:
+                    continue
+                position = offsets[-1] + 1
+                last_progress = time.monotonic()
+                size = len(offsets)
+                yield pa.RecordBatch.from_arrays([
+                    pa.array(keys, pa.binary()), pa.array(values, pa.binary()),
+                    pa.array([partition.topic] * size, pa.string()),
+                    pa.array([partition.partition] * size, pa.int32()),
+                    pa.array(offsets, pa.int64()),
+                    # Kafka timestamps are epoch ms; Spark timestamps are µs.
+                    pa.array([ms * 1000 for ms in stamps], pa.timestamp("us", "UTC")),
+                    pa.array(kinds, pa.int32()),
+                ], schema=schema)
+        finally:
+            reader.close()
+
+
+def kafka_stream(spark, servers: str, topics: list[str], *, native: bool = False,
+                 starting_offsets: str = "earliest", max_offsets_per_trigger: int | None = None,
+                 group_id: str | None = None):
+    """A streaming DataFrame over `topics` from this source or Spark's native `kafka` format.
+
+    Both give the same columns; the native format needs the spark-sql-kafka jar on the
+    classpath (e.g. `--packages org.apache.spark:spark-sql-kafka-0-10_2.13:<spark version>`).
+    """
+    if native:
+        reader = (spark.readStream.format("kafka")
+                  .option("kafka.bootstrap.servers", servers)
+                  .option("subscribe", ",".join(topics))
+                  .option("startingOffsets", starting_offsets))
+        if group_id:
+            reader = reader.option("kafka.group.id", group_id)
+        if max_offsets_per_trigger:
+            reader = reader.option("maxOffsetsPerTrigger", str(max_offsets_per_trigger))
+        return reader.load().select("key", "value", "topic", "partition", "offset", "timestamp",
+                                    "timestampType")
+    spark.dataSource.register(KafkaDataSource)
+    reader = (spark.readStream.format("pa_kafka")
+              .option("kafka.bootstrap.servers", servers)
+              .option("subscribe", ",".join(topics))
+              .option("startingOffsets", starting_offsets))
+    if group_id:
+        reader = reader.option("group.id", group_id)
+    if max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", str(max_offsets_per_trigger))
+    return reader.load()

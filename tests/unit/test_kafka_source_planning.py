@@ -1,0 +1,40 @@
+"""Offset planning of the pa_kafka source: pure functions, no Spark job."""
+
+import pytest
+
+from streaming.kafka_source import KafkaStreamReader, OffsetRange, cap_offsets
+
+
+def test_no_cap_needed_returns_the_ends():
+    assert cap_offsets({("t", 0): 5}, {("t", 0): 9}, max_rows=100) == {("t", 0): 9}
+
+
+def test_cap_is_shared_in_proportion_to_backlog():
+    start = {("t", 0): 0, ("t", 1): 0}
+    end = {("t", 0): 900, ("t", 1): 100}
+    capped = cap_offsets(start, end, max_rows=100)
+    assert capped == {("t", 0): 90, ("t", 1): 10}
+
+
+def test_cap_never_starves_a_small_partition():
+    start = {("t", 0): 0, ("t", 1): 0}
+    end = {("t", 0): 100_000, ("t", 1): 1}
+    capped = cap_offsets(start, end, max_rows=10)
+    assert capped[("t", 1)] == 1 and capped[("t", 0)] <= 10
+
+
+def test_partitions_plan_only_ranges_with_data():
+    reader = KafkaStreamReader({"kafka.bootstrap.servers": "x:1", "subscribe": "t"})
+    ranges = reader.partitions({"t": {"0": 5, "1": 7}}, {"t": {"0": 9, "1": 7}})
+    assert ranges == [OffsetRange("x:1", "t", 0, 5, 9)]
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"subscribe": "t"}, "kafka.bootstrap.servers"),
+    ({"kafka.bootstrap.servers": "x:1"}, "subscribe"),
+    ({"kafka.bootstrap.servers": "x:1", "subscribe": "t", "maxOffsetsPerTrigger": "0"},
+     "maxOffsetsPerTrigger"),
+])
+def test_bad_options_are_named(options, message):
+    with pytest.raises(ValueError, match=message):
+        KafkaStreamReader(options)
