@@ -74,7 +74,15 @@ def cmd_migrate(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from patternalarm import generate_cli
+
+    return generate_cli.run(cfg, args)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from patternalarm import generate_cli
+
     parser = argparse.ArgumentParser(
         prog="patternalarm",
         description="Streaming fraud and anomaly detection on embedded or external services.")
@@ -87,11 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="print the effective settings, secrets masked")
     config.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("migrate", help="apply pending sql/ migrations to the app database")
+    generate_cli.add_parser(sub)
     return parser
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "config": cmd_config,
-            "migrate": cmd_migrate}
+            "migrate": cmd_migrate, "generate": cmd_generate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
