@@ -74,6 +74,22 @@ def cmd_migrate(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_api(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
+    """Serve the API in the foreground (`up` runs the same process in the background)."""
+    import os
+    import subprocess
+
+    from patternalarm.services import api_spec
+
+    spec = api_spec(cfg)
+    print(f"API and dashboard on {spec.url} (docs: {spec.url}/docs); "
+          f"the API key is `api_key` in {cfg.var_dir / 'secrets.json'}")
+    try:
+        return subprocess.run(spec.argv, env={**os.environ, **spec.env}).returncode
+    except KeyboardInterrupt:  # Ctrl-C reached uvicorn too, which shuts down by itself
+        return 0
+
+
 def cmd_generate(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
     from patternalarm import generate_cli
 
@@ -95,12 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="print the effective settings, secrets masked")
     config.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("migrate", help="apply pending sql/ migrations to the app database")
+    sub.add_parser("api", help="serve the scoring API and dashboard in the foreground")
     generate_cli.add_parser(sub)
     return parser
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "config": cmd_config,
-            "migrate": cmd_migrate, "generate": cmd_generate}
+            "migrate": cmd_migrate, "api": cmd_api, "generate": cmd_generate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

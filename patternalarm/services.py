@@ -297,6 +297,24 @@ def airflow_webserver_spec(settings: Settings) -> ProcessSpec:
     )
 
 
+# --- scoring API and dashboard ----------------------------------------------------------
+
+def api_spec(settings: Settings) -> ProcessSpec:
+    url = f"http://{settings.bind_host}:{settings.api_port}"
+    return ProcessSpec(
+        name="api",
+        # A process, not an import: the core package never imports the api layer.
+        argv=[str(VENV_BIN / "uvicorn"), "api.app:create_app", "--factory",
+              "--app-dir", str(PROJECT_ROOT), "--host", settings.bind_host,
+              "--port", str(settings.api_port), "--no-access-log"],
+        ports={settings.api_port: env_key("api_port")},
+        # The API must read the same settings (and so the same secrets) as the CLI.
+        env={env_key("var_dir"): str(settings.var_dir)},
+        healthy=lambda: http_ok(f"{url}/health"),
+        url=url,
+    )
+
+
 # --- the stack -----------------------------------------------------------------------------
 
 @dataclass
@@ -318,7 +336,7 @@ class Stack:
             specs.append(broker_spec(s))
         if s.embedded_mlflow:
             specs.append(mlflow_spec(s))
-        specs += [airflow_scheduler_spec(s), airflow_webserver_spec(s)]
+        specs += [airflow_scheduler_spec(s), airflow_webserver_spec(s), api_spec(s)]
         return specs
 
     def _run(self, spec: ProcessSpec) -> None:
@@ -351,6 +369,8 @@ class Stack:
             elif not http_ok(f"{s.tracking_uri}/health", timeout_s=5):
                 raise ServiceError(f"MLflow at {mask_url(s.tracking_uri)} is unreachable "
                                    f"(set by {env_key('mlflow_tracking_uri')})")
+            # The API serves the models that MLflow holds and the incidents Postgres holds.
+            self._run(specs["api"])
 
         def airflow_chain() -> None:
             self._run(specs["airflow-scheduler"])

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     spark_master: str = "local[2]"
     java_home: Path | None = None
 
+    # The scoring API and dashboard (api/, served by uvicorn).
+    api_port: Port = 8000
+
     @field_validator("kafka_bootstrap_servers", "mlflow_tracking_uri", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

@@ -23,7 +23,7 @@ def names(cfg):
 
 def test_default_stack_is_all_embedded_in_dependency_order():
     assert names(load()) == ["postgres", "broker", "mlflow", "airflow-scheduler",
-                             "airflow-webserver"]
+                             "airflow-webserver", "api"]
 
 
 def test_durable_broker_adds_the_s3_server_before_it(monkeypatch):
@@ -39,7 +39,7 @@ def test_external_services_are_not_started(monkeypatch):
     monkeypatch.setenv("PATTERNALARM_POSTGRES_URL", "postgresql://u:pw@db:5432/x")
     monkeypatch.setenv("PATTERNALARM_KAFKA_BOOTSTRAP_SERVERS", "kafka:9092")
     monkeypatch.setenv("PATTERNALARM_MLFLOW_TRACKING_URI", "http://mlflow:5000")
-    assert names(load()) == ["airflow-scheduler", "airflow-webserver"]
+    assert names(load()) == ["airflow-scheduler", "airflow-webserver", "api"]
 
 
 def test_unreachable_external_postgres_names_service_and_masks_password(monkeypatch):

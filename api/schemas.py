@@ -1,0 +1,130 @@
+"""Request and response bodies: the API's contract, and what OpenAPI documents."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from patternalarm import domains
+
+Domain = Literal["payments", "gaming", "iot"]
+Status = Literal["open", "acknowledged", "resolved"]
+
+
+class Incident(BaseModel):
+    incident_key: str
+    domain: Domain
+    entity_id: str
+    detector: str
+    detector_kind: Literal["rule", "model"]
+    window_start: datetime
+    severity: Literal["low", "medium", "high", "critical"]
+    score: float | None
+    model_name: str | None
+    model_version: str | None
+    first_event_time: datetime
+    last_event_time: datetime
+    detected_at: datetime
+    last_seen_at: datetime
+    event_count: int
+    trigger_count: int
+    status: Status
+    status_changed_at: datetime | None
+
+
+class IncidentDetail(Incident):
+    evidence: dict[str, Any] = Field(description="what the detector saw: events, features, rule")
+
+
+class IncidentPage(BaseModel):
+    items: list[Incident]
+    total: int = Field(description="incidents matching the filters, over all pages")
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="offset of the next page; null on the last")
+
+
+class IncidentUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: Literal["acknowledged", "resolved"]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: bool
+    models: dict[str, str | None] = Field(
+        description="domain -> champion version in memory (null until first scored)")
+
+
+# --- scoring --------------------------------------------------------------------------------
+
+MAX_EVENTS = 1_000   # history of one entity sent to /predict
+MAX_BATCH = 10_000   # items of one /predict/batch; more is answered 413
+
+FeatureValue = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class PredictRequest(BaseModel):
+    """One entity's recent events (oldest first; the last is scored) or a feature vector."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"domain": "iot", "features": {"value": 21.5, "spike_z": 9.1, "drift_z": 0.4,
+                                       "repeat_run": 1, "secs_since_last": 10,
+                                       "gap_ratio": 1.0, "battery_pct": 80,
+                                       "history_len": 500}},
+    ]})
+
+    domain: Domain
+    features: dict[str, FeatureValue] | None = Field(
+        None, description="feature name -> value, every feature the model uses")
+    events: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_EVENTS)] | None = (
+        Field(None, description="events of one entity in the wire format, oldest first"))
+
+    @field_validator("events")
+    @classmethod
+    def _events_follow_the_contract(cls, events: list[dict[str, Any]] | None,
+                                    info: ValidationInfo) -> list[dict[str, Any]] | None:
+        domain = info.data.get("domain")
+        if events is None or domain is None:
+            return events
+        contract = domains.contract(domain)
+        problems = [f"events[{i}]: {p}" for i, e in enumerate(events)
+                    for p in contract.problems(e)]
+        if problems:
+            raise ValueError("; ".join(problems[:20]))
+        if len({e["entity_id"] for e in events}) > 1:
+            raise ValueError("events must all belong to one entity")
+        return events
+
+    @model_validator(mode="after")
+    def _one_input(self) -> PredictRequest:
+        if (self.features is None) == (self.events is None):
+            raise ValueError("send exactly one of `features` or `events`")
+        return self
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: Annotated[list[PredictRequest], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+class Contribution(BaseModel):
+    feature: str
+    value: float
+    contribution: float = Field(description="change in the score's log-odds due to this feature")
+
+
+class Prediction(BaseModel):
+    domain: Domain
+    probability: float = Field(description="probability of an anomaly (Spark's, to 1e-9)")
+    anomaly: bool = Field(description="probability >= the model's threshold")
+    threshold: float
+    model_name: str
+    model_version: str
+    top_features: list[Contribution] = Field(description="the features that moved the score most")
+
+
+class BatchPrediction(BaseModel):
+    items: list[Prediction]
