@@ -170,12 +170,13 @@ class Pacer:
         self.taken += n
         return n
 
-    def wait(self, longest: float) -> None:
-        """Sleep until the next token (at most `longest`, so the caller can serve callbacks)."""
+    def wait(self, longest: float, shortest: float = 0.005) -> None:
+        """Sleep until the next token: at least `shortest`, so that at high rates tokens pile
+        up and go out in batches, at most `longest`, so the caller can serve callbacks."""
         if not self.done:
             ahead = self.timeline.time_of(self.taken) - self.elapsed()
             if ahead > 0:
-                self.clock.sleep(min(ahead, longest))
+                self.clock.sleep(min(max(ahead, shortest), longest))
 
 
 # --- the deterministic event stream ---------------------------------------------------------
@@ -259,9 +260,6 @@ class DomainStream:
 
     def _free_entity(self) -> int:
         n, rng, busy = self.spec.entities, self.rng, self.busy
-        if len(busy) >= n:
-            raise RuntimeError(f"all {n} {self.spec.domain} entities are inside episodes: "
-                               "raise --entities or lower --anomaly-rate")
         idx = int(rng.random() * n)
         while idx in busy:
             idx = int(rng.random() * n)
@@ -290,7 +288,9 @@ class DomainStream:
         t = self.timeline.time_of(i)
         t_ms = self.spec.start_ms + int(t * 1000.0)
         due, rng, spec = self.due, self.rng, self.spec
-        if not (due and due[0][0] <= t) and rng.random() < spec.anomaly_rate:
+        # At most half the entities inside episodes: ordinary traffic always has an entity.
+        if (not (due and due[0][0] <= t) and rng.random() < spec.anomaly_rate
+                and 2 * (len(self.busy) + 1) <= spec.entities):
             self._start_episode(t, t_ms)
         event_id = f"{self.event_prefix}{i}"
         if due and due[0][0] <= t:

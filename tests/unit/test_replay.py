@@ -1,0 +1,67 @@
+"""A labelled file becomes validated events in time order, with its labels as episodes."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from patternalarm.domains import payments
+from patternalarm.replay import ReplayError, ReplayOptions, ReplaySource
+
+START_MS = 1_700_000_000_000
+
+
+def table(tmp_path, suffix=".csv"):
+    frame = pd.DataFrame({
+        "Time": [10.0, 0.0, 4.0, 4.0],
+        "card": [7, 7, 9, 11],
+        "Amount": [12.5, 3.0, 99.0, 1.0],
+        "V1": [0.5, -1.5, 2.0, None],
+        "note": ["a", "b", "c", "d"],
+        "Class": [0, 1, 0, 1],
+    })
+    path = tmp_path / f"table{suffix}"
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_rows_become_events_in_time_order_with_labels_as_episodes(tmp_path, suffix):
+    source = ReplaySource(ReplayOptions(table(tmp_path, suffix), "payments", "card", "Time",
+                                        "Class", speedup=2.0), "rtest", START_MS)
+    assert source.timeline.offsets == [0.0, 2.0, 2.0, 5.0]
+    assert source.ignored == ["note"] and source.positives == 2
+    sent = [next(source) for _ in range(4)]
+    events = [payments.CONTRACT.parse(value) for _, value, _, _ in sent]
+    assert [e["entity_id"] for e in events] == ["7", "9", "11", "7"]
+    assert [k for k, _, _, _ in sent] == [b"7", b"9", b"11", b"7"]
+    assert [e["event_time"] - START_MS for e in events] == [0, 2000, 2000, 5000]
+    assert events[0]["payload"] == {"amount": 3.0, "attributes": {"V1": -1.5}}
+    assert events[2]["payload"] == {"amount": 1.0}          # an empty cell is left out
+    assert all("Class" not in json.dumps(e) for e in events)
+    episodes = [ep for _, _, ep, _ in sent if ep is not None]
+    assert [(ep.entity_id, ep.kind, ep.events) for ep in episodes] == [
+        ("7", "Class=1", [(events[0]["event_id"], events[0]["event_time"])]),
+        ("11", "Class=1", [(events[2]["event_id"], events[2]["event_time"])])]
+
+
+def test_a_row_that_breaks_the_contract_stops_the_replay_naming_it(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("card,t,amount\nc1,0,5\nc2,1,-3\n")
+    with pytest.raises(ReplayError, match=r"row 2: payload\.amount: -3\.0 below"):
+        ReplaySource(ReplayOptions(path, "payments", "card", "t"), "rtest", START_MS)
+
+
+def test_timestamps_in_text_are_parsed(tmp_path):
+    path = tmp_path / "iso.csv"
+    path.write_text("device,at,sensor_type,value\n"
+                    "d1,2024-05-01T10:00:30Z,temperature,20.5\n"
+                    "d1,2024-05-01T10:00:00Z,temperature,20.0\n")
+    source = ReplaySource(ReplayOptions(path, "iot", "device", "at"), "rtest", START_MS)
+    assert source.timeline.offsets == [0.0, 30.0]
+    with pytest.raises(ReplayError, match="time column 'at' has 1 empty values"):
+        path.write_text("device,at,sensor_type,value\nd1,,temperature,1\n")
+        ReplaySource(ReplayOptions(path, "iot", "device", "at"), "rtest", START_MS)
