@@ -53,15 +53,16 @@ _HOUR_MS = 3_600_000
 
 def _payments(state: State, t: int, amount: float, country: str | None, merchant: str | None,
               lat: float | None, lon: float | None, channel: str | None) -> list[float]:
-    recent = state.setdefault("recent", [])  # [t, amount, country, merchant]
+    recent = state.setdefault("recent", [])  # [t, small charge?, country, merchant]
     _trim(recent, t, _HOUR_MS, cap=300)
     last_t = state.get("last_t")
     gap_s = (t - last_t) / 1000.0 if last_t is not None else 86_400.0
     seen = state.get("n", 0)
+    n_amounts = state.get("n_amounts", 0)
     log_amount = math.log1p(amount)
     mean, m2 = state.get("mean", 0.0), state.get("m2", 0.0)
-    std = math.sqrt(m2 / (seen - 1)) if seen > 1 else 0.0
-    amount_z = (log_amount - mean) / max(std, 0.25) if seen >= 3 else 0.0
+    std = math.sqrt(m2 / (n_amounts - 1)) if n_amounts > 1 else 0.0
+    amount_z = (log_amount - mean) / max(std, 0.25) if n_amounts >= 3 else 0.0
     typical = state.get("typical")
     amount_ratio = amount / typical if typical else 1.0
 
@@ -70,17 +71,19 @@ def _payments(state: State, t: int, amount: float, country: str | None, merchant
         hours = max((t - state["geo_t"]) / 3_600_000.0, 1 / 60)  # a minute at least
         travel_kmh = _km(state["lat"], state["lon"], lat, lon) / hours
 
-    recent.append([t, amount, country or "", merchant or ""])
+    # Small for this card: a card that always spends little is not testing itself.
+    small = amount < SMALL_CHARGE and (typical is None or amount < 0.3 * typical)
+    recent.append([t, small, country or "", merchant or ""])
     count_1m = count_10m = small_5m = 0
     countries: set[str] = set()
     merchants_10m: set[str] = set()
-    for when, amt, ctry, merch in recent:
+    for when, was_small, ctry, merch in recent:
         age = t - when
         countries.add(ctry)
         if age <= 600_000:
             count_10m += 1
             merchants_10m.add(merch)
-            if age <= 300_000 and amt < SMALL_CHARGE:
+            if age <= 300_000 and was_small:
                 small_5m += 1
             if age <= 60_000:
                 count_1m += 1
@@ -89,18 +92,22 @@ def _payments(state: State, t: int, amount: float, country: str | None, merchant
 
     # Update after computing, so an event's features describe it against its past.
     seen += 1
-    delta = log_amount - mean
-    mean += delta / seen
-    state.update(n=seen, mean=mean, m2=m2 + delta * (log_amount - mean), last_t=t,
-                 typical=_ewma(typical, amount, 0.1))
-    if amount < SMALL_CHARGE:
+    state.update(n=seen, last_t=t)
+    if small:
+        # Test charges are not the card's spending: keep them out of its amount baseline.
         state["small_t"] = t
+    else:
+        delta = log_amount - mean
+        n_amounts = state.get("n_amounts", 0) + 1
+        mean += delta / n_amounts
+        state.update(n_amounts=n_amounts, mean=mean, m2=m2 + delta * (log_amount - mean),
+                     typical=_ewma(typical, amount, 0.1))
     if lat is not None and lon is not None:
         state.update(lat=lat, lon=lon, geo_t=t)
     return [count_1m, count_10m, len(recent), small_5m, amount, amount_ratio, amount_z,
             len(countries), len(merchants_10m), min(gap_s, 86_400.0), travel_kmh,
-            1.0 if channel == "ecom" else 0.0, min(secs_since_small, 86_400.0),
-            min(seen - 1, 1_000)]
+            1.0 if channel == "ecom" else 0.0, 1.0 if small else 0.0,
+            min(secs_since_small, 86_400.0), min(seen - 1, 1_000)]
 
 
 # --- gaming ----------------------------------------------------------------------------------
@@ -113,7 +120,9 @@ def _gaming(state: State, t: int, action: str, speed: float | None, reaction: fl
     shots = state.setdefault("shots", [])    # [t, hit, headshot, reaction]
     moves = state.setdefault("moves", [])    # [t, speed]
     loot = state.setdefault("loot", [])      # [t, gain]
-    _trim(shots, t, 600_000, cap=_SHOTS)
+    # Two minutes: long enough for a burst of aimed shots, short enough that an episode's
+    # shots stop colouring the player's ordinary play soon after it ends.
+    _trim(shots, t, 120_000, cap=_SHOTS)
     _trim(moves, t, 60_000, cap=30)
     _trim(loot, t, 60_000, cap=100)
     last_t = state.get("last_t")
@@ -186,7 +195,7 @@ ENGINES: dict[str, Engine] = {
         "payments", ("amount", "country", "merchant_id", "lat", "lon", "channel"),
         ("count_1m", "count_10m", "count_1h", "small_charges_5m", "amount", "amount_ratio",
          "amount_z", "countries_1h", "merchants_10m", "secs_since_last", "travel_kmh",
-         "is_ecom", "secs_since_small_charge", "history_len"),
+         "is_ecom", "is_small_charge", "secs_since_small_charge", "history_len"),
         _payments),
     "gaming": Engine(
         "gaming", ("action", "speed", "reaction_ms", "hit", "headshot", "resource_gain"),
