@@ -1,0 +1,34 @@
+"""The one SparkSession builder: every job, test and benchmark gets its session here."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from patternalarm import java
+from patternalarm import settings as settings_mod
+
+
+def get_spark(app_name: str, master: str | None = None, *, ui: bool = False,
+              shuffle_partitions: int = 4) -> SparkSession:
+    """A session on ``master`` (default: the spark_master setting), or the running one.
+
+    Workers must run this interpreter, or the first Python UDF fails with an opaque socket
+    timeout; and Spark binds to whatever the hostname resolves to unless SPARK_LOCAL_IP is set.
+    A laptop's few cores gain nothing from the default 200 shuffle partitions.
+    """
+    cfg = settings_mod.get()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("SPARK_LOCAL_IP", cfg.bind_host)
+    os.environ.setdefault("JAVA_HOME", str(java.find(cfg)))
+    return (
+        SparkSession.builder.appName(app_name)
+        .master(master or cfg.spark_master)
+        .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+        .config("spark.ui.enabled", str(ui).lower())
+        .config("spark.driver.bindAddress", os.environ["SPARK_LOCAL_IP"])
+        .getOrCreate()
+    )
