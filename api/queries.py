@@ -84,7 +84,7 @@ def stream_series(window: timedelta, step: timedelta) -> Query:
     """Per time bucket: rows, latency (p50 weighted by rows, p99 the worst batch), lag."""
     sql = """
         SELECT date_bin(%s, recorded_at, TIMESTAMPTZ 'epoch') AS t,
-               sum(input_rows) AS rows,
+               sum(input_rows)::float8 AS rows,  -- sum(bigint) is numeric: Decimal
                sum(event_latency_p50_ms * input_rows) / NULLIF(sum(input_rows), 0) AS p50_ms,
                max(event_latency_p99_ms) AS p99_ms,
                max(lag_total) AS lag
@@ -99,7 +99,7 @@ def stream_now(window: timedelta) -> Query:
         WITH recent AS (SELECT * FROM stream_metrics WHERE recorded_at >= now() - %s),
              latest AS (SELECT lag_total, model_versions, recorded_at FROM stream_metrics
                         ORDER BY recorded_at DESC LIMIT 1)
-        SELECT (SELECT coalesce(sum(input_rows), 0) FROM recent) AS rows,
+        SELECT (SELECT coalesce(sum(input_rows), 0)::float8 FROM recent) AS rows,
                (SELECT sum(event_latency_p50_ms * input_rows) / NULLIF(sum(input_rows), 0)
                   FROM recent) AS p50_ms,
                (SELECT max(event_latency_p99_ms) FROM recent) AS p99_ms,

@@ -40,6 +40,9 @@ function cell(row, text, cls) {
   return td;
 }
 
+// Every chart spans the selected window up to now, however few points it has.
+let xRange = [0, 1];
+
 // One uPlot per chart element; rebuilt only when its set of series changes.
 function draw(id, t, series, kind = "line") {
   const el = document.getElementById(id);
@@ -59,13 +62,16 @@ function draw(id, t, series, kind = "line") {
   }
   charts[id]?.destroy();
   el.innerHTML = "";
-  const bars = kind === "bars" ? uPlot.paths.bars({size: [0.8, 40]}) : undefined;
+  // Counts per bucket are steps; overlapping bars of several series would hide each other.
+  const paths = kind === "steps" ? uPlot.paths.stepped({align: 1}) : undefined;
   const opts = {
     width: el.clientWidth, height: 200,
     legend: {live: false},
+    scales: {x: {time: true, range: () => xRange},
+             y: {range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1]}},
     series: [{}, ...names.map((n, i) => ({
-      label: n, stroke: PALETTE[i % PALETTE.length], width: 1.5, paths: bars,
-      fill: bars ? PALETTE[i % PALETTE.length] + "55" : undefined, points: {show: false},
+      label: n, stroke: PALETTE[i % PALETTE.length], width: 1.5, paths,
+      points: {show: true, size: 4},
     }))],
     axes: [{}, {size: 55}],
   };
@@ -164,12 +170,14 @@ function render(d) {
   $("#latency-p99").textContent = ms(d.now.latency_p99_ms);
   $("#lag").textContent = fmt(d.now.lag);
   $("#last-batch").textContent = time(d.now.last_batch_at);
+  const to = Date.parse(d.generated_at) / 1000;
+  xRange = [to - d.window_minutes * 60, to];
   const s = d.stream;
   draw("chart-throughput", s.t, {"events/s": s.events_per_s});
   draw("chart-latency", s.t, {p50: s.latency_p50_ms, p99: s.latency_p99_ms});
   draw("chart-lag", s.t, {lag: s.lag});
-  draw("chart-domain", d.incidents_by_domain.t, d.incidents_by_domain.series, "bars");
-  draw("chart-detector", d.incidents_by_detector.t, d.incidents_by_detector.series, "bars");
+  draw("chart-domain", d.incidents_by_domain.t, d.incidents_by_domain.series, "steps");
+  draw("chart-detector", d.incidents_by_detector.t, d.incidents_by_detector.series, "steps");
   renderFeed(d.incidents);
   renderModels(d.models);
   renderRuns(d.load_runs, d.chaos_runs);
