@@ -630,6 +630,7 @@ def _summary(plan: RunPlan, run_id: str, start_ms: int, targets: dict[str, int],
             "malformed": s.get("malformed", 0), "late": s.get("late", 0),
             "anomalous_events": s.get("anomalous", 0), "episodes": s.get("episodes", 0),
             "delivery_errors": s.get("errors", 0), "undelivered": targets[d] - sent,
+            "elapsed_s": round(took, 3),
             "events_per_s": round(sent / took, 1) if took > 0 else 0.0,
         }
         if d in failures:
