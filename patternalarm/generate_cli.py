@@ -137,10 +137,10 @@ def _progress_bar(plan: Any) -> Any:
         sent = sum(s.get("sent", 0) for s in stats.values())
         errors = sum(s.get("errors", 0) for s in stats.values())
         target = sum(state["targets"].values())
-        elapsed = max(state["elapsed_s"], 1e-9)
+        elapsed = state["elapsed_s"]
         done = sent / target if target else 1.0
         filled = int(done * _BAR)
-        rate = sent / elapsed * 60
+        rate = sent / elapsed * 60 if elapsed > 0 else 0.0
         line = (f"\r{plan.mode:<7}[{'#' * filled}{'.' * (_BAR - filled)}] {done:4.0%}  "
                 f"sent {sent:,}/{target:,}  {_k(rate)}/min of "
                 f"{_k(plan.per_min * len(plan.domains))}/min  errors {errors:,}  "

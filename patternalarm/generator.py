@@ -34,6 +34,7 @@ from patternalarm.settings import Settings
 MODES = {"MINI": 5.0, "NORMAL": 10_000.0, "PEAK": 50_000.0, "CRISIS": 100_000.0}  # events/min
 RAMP_START = 0.1   # a ramp starts at this fraction of the target rate
 BURST_FACTOR = 10.0
+STARTUP_LEAD_S = 3.0  # the schedule of a run starts this long after the command
 MALFORMED_KINDS = ("truncated", "not_json", "missing_field", "wrong_type", "out_of_range")
 
 _log = logging.getLogger("patternalarm.generator")
@@ -707,7 +708,8 @@ def execute(cfg: Settings, plan: RunPlan, workers: dict[str, Callable[[Any], Any
                     finished.add(domain)
             desk.step()
             if progress:
-                progress({"elapsed_s": clock.monotonic() - began, "stats": stats,
+                # Seconds since the schedule began (negative while the workers start).
+                progress({"elapsed_s": clock.wall() - start_ms / 1000.0, "stats": stats,
                           "targets": targets, "episodes": len(desk.waiting) + desk.published})
         for handle in handles:
             handle.join()
@@ -724,7 +726,12 @@ def execute(cfg: Settings, plan: RunPlan, workers: dict[str, Callable[[Any], Any
 def run(cfg: Settings, plan: RunPlan, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Generate `plan` with one process per domain; returns the summary."""
     clock = SystemClock()
-    start_ms = plan.start_ms if plan.start_ms is not None else int(clock.wall() * 1000)
+    if plan.start_ms is not None:
+        start_ms = plan.start_ms
+    else:
+        # Processes take a moment to start: a schedule that began already would open with a
+        # catch-up burst instead of the profile asked for.
+        start_ms = int((clock.wall() + STARTUP_LEAD_S) * 1000)
     run_id = plan.run_id(start_ms)
     workers = {}
     targets = {}
