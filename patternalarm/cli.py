@@ -96,6 +96,25 @@ def cmd_generate(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
     return generate_cli.run(cfg, args)
 
 
+def cmd_train(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
+    """Run spark_jobs/train_model.py under spark-submit; its arguments pass through."""
+    import os
+    import subprocess
+
+    from patternalarm import java
+    from patternalarm.services import VENV_BIN
+
+    argv = [str(VENV_BIN / "spark-submit"), "--master", cfg.spark_master,
+            "--conf", "spark.ui.showConsoleProgress=false",
+            str(settings_mod.PROJECT_ROOT / "spark_jobs" / "train_model.py"), *args.job_args]
+    # Workers must run this interpreter, and Spark binds where the hostname resolves unless
+    # told; the settings themselves reach the job through the inherited environment.
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable,
+           "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_LOCAL_IP": cfg.bind_host,
+           "JAVA_HOME": str(java.find(cfg)), "GX_ANALYTICS_ENABLED": "false"}
+    return subprocess.run(argv, env=env).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     from patternalarm import generate_cli
 
@@ -112,12 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("migrate", help="apply pending sql/ migrations to the app database")
     sub.add_parser("api", help="serve the scoring API and dashboard in the foreground")
+    # Its own prefix chars make every option a positional here: all of them reach the job,
+    # whose --help lists them.
+    train = sub.add_parser("train", help="train, register and optionally promote a model "
+                           "(spark-submit; `train --help` for its options)",
+                           add_help=False, prefix_chars="+")
+    train.add_argument("job_args", nargs=argparse.REMAINDER)
     generate_cli.add_parser(sub)
     return parser
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "config": cmd_config,
-            "migrate": cmd_migrate, "api": cmd_api, "generate": cmd_generate}
+            "migrate": cmd_migrate, "api": cmd_api, "generate": cmd_generate,
+            "train": cmd_train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,88 @@
+"""Champion/challenger promotion: a new version takes the ``champion`` alias only if it beats
+the current champion on the same holdout.
+
+"The same holdout" is the new run's: the champion is loaded from the registry and scored on
+exactly the rows the new model was evaluated on, so both numbers answer the same question on
+data neither model was trained on. The comparison metric is PR-AUC (average precision), the one
+that matters for rare positives; ties keep the current champion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from pyspark.sql import DataFrame
+
+from models.evaluation import pr_auc
+from models.pipeline import LABEL, positive_probability
+from models.registry import CHAMPION
+
+CHALLENGER = "challenger"
+METRIC = "pr_auc"
+
+
+@dataclass(frozen=True)
+class Decision:
+    alias: str                       # CHAMPION or CHALLENGER
+    new_score: float
+    champion_score: float | None     # None: no champion, or it could not be scored
+    champion_version: str | None
+    reason: str
+
+
+def decide(new_score: float, champion_version: str | None, champion_score: float | None,
+           unscorable: str | None = None) -> Decision:
+    """The rule itself, free of I/O."""
+    if champion_version is None:
+        return Decision(CHAMPION, new_score, None, None, "no champion yet")
+    if champion_score is None:
+        # Nothing to compare with: a human decides, the running champion stays.
+        return Decision(CHALLENGER, new_score, None, champion_version,
+                        f"champion v{champion_version} cannot be scored here: {unscorable}")
+    if new_score > champion_score:
+        return Decision(CHAMPION, new_score, champion_score, champion_version,
+                        f"{METRIC} {new_score:.4f} > champion v{champion_version} "
+                        f"{champion_score:.4f}")
+    return Decision(CHALLENGER, new_score, champion_score, champion_version,
+                    f"{METRIC} {new_score:.4f} <= champion v{champion_version} "
+                    f"{champion_score:.4f}")
+
+
+def _current_champion(client: MlflowClient, name: str) -> str | None:
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION).version
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def score_version(name: str, version: str, holdout: DataFrame) -> tuple[float | None, str | None]:
+    """(PR-AUC of that version on ``holdout``, None) or (None, why it cannot be scored)."""
+    model = mlflow.spark.load_model(f"models:/{name}/{version}")
+    needed = model.stages[0].getInputCols()
+    missing = sorted(set(needed) - set(holdout.columns))
+    if missing:
+        return None, f"its features {missing} are not in this training set"
+    scored = positive_probability(model, holdout).select("score", LABEL).toPandas()
+    return pr_auc(scored["score"].to_numpy(), scored[LABEL].to_numpy()), None
+
+
+def promote(client: MlflowClient, name: str, version: str, new_score: float,
+            holdout: DataFrame) -> Decision:
+    """Decide, move the alias, and log the decision and both scores to the active run."""
+    champion = _current_champion(client, name)
+    score, unscorable = score_version(name, champion, holdout) if champion else (None, None)
+    decision = decide(new_score, champion, score, unscorable)
+    client.set_registered_model_alias(name, decision.alias, version)
+    client.set_model_version_tag(name, version, "promotion", decision.reason)
+    mlflow.log_params({"promotion_alias": decision.alias,
+                       "promotion_champion_version": decision.champion_version or "none"})
+    mlflow.set_tag("promotion_reason", decision.reason)
+    mlflow.log_metric(f"promotion_new_{METRIC}", new_score)
+    if decision.champion_score is not None:
+        mlflow.log_metric(f"promotion_champion_{METRIC}", decision.champion_score)
+    return decision

@@ -1,0 +1,1 @@
+"""Batch Spark jobs, each a spark-submit entry with main(argv)."""

@@ -1,0 +1,426 @@
+"""Train a PatternAlarm model with Spark MLlib, gate it with Great Expectations, evaluate it on a
+time-ordered holdout, log everything to MLflow and register it (optionally promoting it).
+
+    spark-submit spark_jobs/train_model.py --input data.parquet --label is_fraud \\
+        --model-name my-model [--time-col ts] [--features a,b,c] [--promote] [--json]
+    spark-submit spark_jobs/train_model.py --source bootstrap --domain payments --promote
+
+Sources: ``file`` (any labelled CSV/Parquet file or directory), ``lake`` (feature rows logged by
+the stream joined with labels) and ``bootstrap`` (generator events run through the shared
+feature code); the last two come from ``models.training_data.load_training_set``, which returns
+the feature columns, ``label`` (0/1) and ``event_time`` (epoch ms).
+
+Exit codes: 0 trained; 2 bad input or arguments, found before any Spark work; 3 the data failed
+the Great Expectations gate (report logged to MLflow) or cannot be split in time; 1 other errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from patternalarm import settings as settings_mod
+
+EXIT_BAD_INPUT = 2
+EXIT_DATA_REJECTED = 3
+TIME = "event_time"
+# Columns the job or the Spark model creates; a feature with one of these names would clash.
+RESERVED = {"label", TIME, "weight", "features", "rawPrediction", "probability", "prediction",
+            "score"}
+EXPERIMENT = "patternalarm-training"
+
+log = logging.getLogger("train_model")
+
+
+class InputError(ValueError):
+    """Bad arguments or input data, detected before Spark starts."""
+
+
+@dataclass(frozen=True)
+class FileInput:
+    path: str
+    format: str                 # "csv" | "parquet"
+    label: str
+    time_col: str | None        # None: file order is time order
+    time_is_timestamp: bool
+    features: list[str]
+    csv_schema: list[tuple[str, str]]  # (column, Spark SQL type) of every column, CSV only
+
+
+# --- arguments --------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train_model", description=__doc__.split("\n\n")[0])
+    src = p.add_argument_group("input")
+    src.add_argument("--source", choices=("file", "lake", "bootstrap"), default="file")
+    src.add_argument("--domain", choices=settings_mod.DOMAINS,
+                     help="domain of the features; names the model patternalarm-<domain>")
+    src.add_argument("--input", help="labelled CSV/Parquet file or directory (source file)")
+    src.add_argument("--label", help="label column, 0/1 or boolean (source file)")
+    src.add_argument("--time-col", help=f"event time, epoch ms or a timestamp (default: {TIME} "
+                                        "if present, else the file's row order)")
+    src.add_argument("--features", help="comma-separated feature columns (default: every "
+                                        "numeric column but label and time; a domain's "
+                                        "feature set for lake/bootstrap)")
+    model = p.add_argument_group("model")
+    model.add_argument("--model-name", help="registered model name (default "
+                                            "patternalarm-<domain>)")
+    model.add_argument("--algorithm", choices=("gbt", "rf"), default="gbt")
+    model.add_argument("--max-iter", type=int, default=50, help="GBT boosting rounds")
+    model.add_argument("--step-size", type=float, default=0.1, help="GBT learning rate")
+    model.add_argument("--num-trees", type=int, default=100, help="random forest size")
+    model.add_argument("--max-depth", type=int, default=5)
+    model.add_argument("--max-bins", type=int, default=32)
+    model.add_argument("--min-instances-per-node", type=int, default=1)
+    model.add_argument("--subsampling-rate", type=float, default=1.0)
+    model.add_argument("--class-weight", choices=("balanced", "none"), default="balanced")
+    model.add_argument("--seed", type=int, default=42)
+    model.add_argument("--fill-value", type=float, default=0.0,
+                       help="value that replaces missing (null/NaN) feature values")
+    ev = p.add_argument_group("evaluation and registry")
+    ev.add_argument("--holdout-fraction", type=float, default=0.2,
+                    help="latest share of rows (by time) held out")
+    ev.add_argument("--target-precision", type=float, default=0.9,
+                    help="the threshold is the highest-recall one reaching this precision")
+    ev.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment")
+    ev.add_argument("--promote", action="store_true",
+                    help="alias the new version champion if it beats the champion, "
+                         "else challenger")
+    ev.add_argument("--json", action="store_true",
+                    help="print the metrics as one JSON object on the last line")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.source == "file":
+        if not args.input or not args.label:
+            raise InputError("--source file needs --input and --label")
+    else:
+        if not args.domain:
+            raise InputError(f"--source {args.source} needs --domain")
+        if importlib.util.find_spec("models.training_data") is None:
+            raise InputError(f"source {args.source} needs models/training_data.py, "
+                             "which is not installed")
+    if not args.model_name and not args.domain:
+        raise InputError("give --model-name (or --domain for patternalarm-<domain>)")
+    args.model_name = args.model_name or f"patternalarm-{args.domain}"
+    if not 0.0 < args.holdout_fraction < 1.0:
+        raise InputError("--holdout-fraction must be between 0 and 1")
+    if not 0.0 < args.target_precision <= 1.0:
+        raise InputError("--target-precision must be in (0, 1]")
+    args.features = [c.strip() for c in args.features.split(",") if c.strip()] \
+        if args.features else None
+    return args
+
+
+# --- file input, checked without Spark -------------------------------------------------------
+
+def _spark_type(arrow_type) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_integer(arrow_type):
+        return "bigint"
+    if pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
+        return "double"
+    if pa.types.is_boolean(arrow_type):
+        return "boolean"
+    if pa.types.is_timestamp(arrow_type):
+        return "timestamp"
+    if pa.types.is_date(arrow_type):
+        return "date"
+    return "string"
+
+
+def inspect_file(path: str, label: str, time_col: str | None,
+                 features: list[str] | None) -> FileInput:
+    """Schema, label values and emptiness of a file, read with pyarrow (streamed, one column)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    source = Path(path)
+    if not source.exists():
+        raise InputError(f"{path}: no such file or directory")
+    suffixes = {s.suffix.lower() for s in ([source] if source.is_file() else source.iterdir())}
+    fmt = "parquet" if suffixes & {".parquet", ".pq"} else "csv"
+    try:
+        dataset = ds.dataset(path, format=fmt)
+        schema = dataset.schema
+        rows = dataset.count_rows()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{path}: cannot read as {fmt}: {exc}") from None
+    if rows == 0:
+        raise InputError(f"{path}: no rows")
+    columns = {f.name: f.type for f in schema}
+    if label not in columns:
+        raise InputError(f"label column {label!r} not in {path} (columns: {sorted(columns)})")
+    if time_col is None and TIME in columns and label != TIME:
+        time_col = TIME
+    if time_col is not None and time_col not in columns:
+        raise InputError(f"time column {time_col!r} not in {path}")
+    time_type = columns.get(time_col)
+    if time_type is not None and not (pa.types.is_integer(time_type)
+                                      or pa.types.is_floating(time_type)
+                                      or pa.types.is_timestamp(time_type)):
+        raise InputError(f"time column {time_col!r} is {time_type}; "
+                         "give epoch milliseconds or a timestamp")
+
+    def numeric(t) -> bool:
+        return _spark_type(t) in ("bigint", "double", "boolean")
+
+    if features is None:
+        features = [c for c, t in columns.items() if numeric(t) and c not in (label, time_col)]
+        if not features:
+            raise InputError(f"{path}: no numeric feature columns besides label and time")
+    else:
+        absent = [c for c in features if c not in columns]
+        if absent:
+            raise InputError(f"feature columns not in {path}: {absent}")
+        wrong = {c: str(columns[c]) for c in features if not numeric(columns[c])}
+        if wrong:
+            raise InputError(f"feature columns must be numeric: {wrong}")
+        if {label, time_col} & set(features):
+            raise InputError("the label and time columns cannot also be features")
+    clashes = sorted(RESERVED & set(features))
+    if clashes:
+        raise InputError(f"feature names reserved by the job: {clashes}; rename them")
+
+    values: set = set()
+    for batch in dataset.to_batches(columns=[label]):
+        values |= set(pc.unique(batch.column(0)).drop_null().to_pylist())
+    if not values <= {0, 1}:  # True == 1 and False == 0: booleans pass
+        shown = sorted(map(str, values))[:5]
+        raise InputError(f"label {label!r} must be 0/1 or boolean, found values {shown}")
+    if len(values) < 2:
+        raise InputError(f"label {label!r} has a single class {sorted(values)}: "
+                         "a model needs both")
+    return FileInput(path, fmt, label, time_col,
+                     time_type is not None and pa.types.is_timestamp(time_type), features,
+                     [(c, _spark_type(t)) for c, t in columns.items()] if fmt == "csv" else [])
+
+
+# --- loading (Spark) ---------------------------------------------------------------------------
+
+def load_file(spark, spec: FileInput):
+    """The file as feature columns (double, NaN as null), ``label`` (double) and event_time."""
+    from pyspark.sql import functions as F
+
+    if spec.format == "csv":
+        # The schema pyarrow saw, not Spark's inference: both readers agree on the types.
+        ddl = ", ".join(f"`{name}` {kind}" for name, kind in spec.csv_schema)
+        raw = spark.read.csv(spec.path, header=True, schema=ddl)
+    else:
+        raw = spark.read.parquet(spec.path)
+    if spec.time_col is None:
+        time = F.monotonically_increasing_id()  # increases with the file's row order
+    elif spec.time_is_timestamp:
+        time = F.unix_millis(F.col(spec.time_col))
+    else:
+        time = F.col(spec.time_col).cast("long")
+    return raw.select(*[_as_double(name) for name in spec.features],
+                      F.col(spec.label).cast("double").alias("label"),
+                      time.cast("long").alias(TIME))
+
+
+def _as_double(name: str):
+    from pyspark.sql import functions as F
+
+    value = F.col(f"`{name}`").cast("double")
+    # NaN is a missing value like null: the gate counts both and the fill replaces both.
+    return F.when(F.isnan(value), None).otherwise(value).alias(name)
+
+
+def load_domain_source(spark, args: argparse.Namespace):
+    from models import training_data
+
+    return training_data.load_training_set(spark, args.source, args.domain, args)
+
+
+# --- the job ------------------------------------------------------------------------------------
+
+def _hyperparameters(args: argparse.Namespace):
+    from models.pipeline import Hyperparameters
+
+    return Hyperparameters(
+        algorithm=args.algorithm, max_depth=args.max_depth, max_bins=args.max_bins,
+        min_instances_per_node=args.min_instances_per_node,
+        subsampling_rate=args.subsampling_rate, seed=args.seed, max_iter=args.max_iter,
+        step_size=args.step_size, num_trees=args.num_trees, class_weight=args.class_weight)
+
+
+class DataRejected(Exception):
+    """The data failed the gate or cannot be split; the reason is logged to MLflow."""
+
+
+def train(spark, args: argparse.Namespace, df, features: list[str],
+          source_params: dict[str, str]) -> dict:
+    """Gate, train, evaluate, log, register and (optionally) promote. Returns the summary."""
+    import mlflow
+    import pyspark
+    from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
+
+    from models import evaluation, pipeline, promotion, validation
+    from models.registry import THRESHOLD_TAG
+
+    cfg = settings_mod.get()
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    mlflow.set_experiment(args.experiment)
+    client = MlflowClient(cfg.tracking_uri)
+    hp = _hyperparameters(args)
+    spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
+
+    with mlflow.start_run(run_name=f"{args.model_name}-{hp.algorithm}") as run, \
+            tempfile.TemporaryDirectory(prefix="pa-train-") as tmp:
+        out = Path(tmp)
+        mlflow.set_tags({"model_name": args.model_name, "source": args.source,
+                         "domain": args.domain or ""})
+        mlflow.log_params({**source_params, **hp.as_params(), "features": ",".join(features),
+                           "holdout_fraction": args.holdout_fraction,
+                           "target_precision": args.target_precision,
+                           "missing_fill_value": args.fill_value})
+        df = df.cache()
+
+        started = time.monotonic()
+        gate = validation.validate(df, "label", TIME, features, args.domain)
+        (out / "validation").mkdir()
+        (out / "validation" / "gx_report.json").write_text(json.dumps(gate.report, indent=1))
+        mlflow.log_artifacts(str(out / "validation"), "validation")
+        mlflow.log_params({f"gx_suite.{name}": v for name, v in gate.suite_versions.items()})
+        mlflow.log_metric("gx_seconds", time.monotonic() - started)
+        if not gate.success:
+            mlflow.set_tag("gate", "failed")
+            raise DataRejected("Great Expectations gate failed (report: MLflow run "
+                               f"{run.info.run_id}, validation/gx_report.json):\n  "
+                               + "\n  ".join(gate.failures))
+        mlflow.set_tag("gate", "passed")
+
+        filled, rows_missing, per_column = pipeline.fill_missing(df, features, args.fill_value)
+        filled = filled.cache()
+        df.unpersist()
+        if rows_missing:
+            log.warning("filled missing feature values with %s in %d rows: %s",
+                        args.fill_value, rows_missing, per_column)
+        mlflow.log_metrics({"rows_with_missing": rows_missing,
+                            **{f"missing_cells.{c}": n for c, n in per_column.items()}})
+
+        train_df, holdout, cutoff = evaluation.time_split(filled, TIME, args.holdout_fraction)
+        counts = {(side, int(r["label"])): r["count"]
+                  for side, part in (("train", train_df), ("holdout", holdout))
+                  for r in part.groupBy("label").count().collect()}
+        for side in ("train", "holdout"):
+            if not counts.get((side, 0)) or not counts.get((side, 1)):
+                raise DataRejected(f"the time split at {cutoff} leaves the {side} set without "
+                                   f"both classes (counts {counts}); more data or another "
+                                   "--holdout-fraction")
+        mlflow.log_params({"split_cutoff_time": cutoff})
+        mlflow.log_metrics({f"{side}_rows_label_{label}": n
+                            for (side, label), n in counts.items()})
+
+        weighted, weights = pipeline.add_class_weights(train_df)
+        if hp.class_weight == "balanced":
+            mlflow.log_params({f"class_weight_{k}": round(v, 6) for k, v in weights.items()})
+        started = time.monotonic()
+        model = pipeline.build_pipeline(features, hp).fit(weighted)
+        mlflow.log_metric("fit_seconds", time.monotonic() - started)
+
+        scored = pipeline.positive_probability(model, holdout).select("score", "label")
+        held = scored.toPandas()
+        scores, labels = held["score"].to_numpy(), held["label"].to_numpy()
+        choice = evaluation.choose_threshold(scores, labels, args.target_precision)
+        if not choice.target_met:
+            log.warning("no threshold reaches precision %s on the holdout; took the best-F1 "
+                        "threshold %.4f", args.target_precision, choice.threshold)
+        metrics = evaluation.holdout_metrics(scores, labels, choice)
+        mlflow.log_metrics(metrics)
+
+        importances = pipeline.feature_importances(model, features)
+        evaluation.write_plots(scores, labels, choice.threshold, importances, out / "plots")
+        mlflow.log_artifacts(str(out / "plots"), "plots")
+        config = evaluation.scoring_config(choice, features, args.fill_value)
+        mlflow.log_dict(config, "scoring.json")
+        mlflow.log_dict(importances, "feature_importance.json")
+
+        example = pipeline.positive_probability(model, holdout.limit(5)).toPandas()
+        info = mlflow.spark.log_model(
+            model, "model", registered_model_name=args.model_name,
+            signature=infer_signature(example[features], example["prediction"]),
+            input_example=example[features],
+            # Listed, not inferred: inference costs ~35 s per model.
+            pip_requirements=[f"pyspark=={pyspark.__version__}",
+                              f"mlflow=={mlflow.__version__}"],
+            metadata=config)
+        version = str(info.registered_model_version)
+        version_tags = {THRESHOLD_TAG: repr(choice.threshold),
+                        "target_precision": str(args.target_precision),
+                        "missing_fill_value": repr(args.fill_value),
+                        "features": ",".join(features), "algorithm": hp.algorithm,
+                        "pr_auc": f"{metrics['pr_auc']:.6f}", "run_id": run.info.run_id}
+        for key, value in version_tags.items():
+            client.set_model_version_tag(args.model_name, version, key, value)
+
+        summary = {"model_name": args.model_name, "version": version,
+                   "run_id": run.info.run_id, **metrics}
+        if args.promote:
+            decision = promotion.promote(client, args.model_name, version,
+                                         metrics[promotion.METRIC], holdout)
+            summary.update(alias=decision.alias, promotion_reason=decision.reason,
+                           champion_version=decision.champion_version,
+                           champion_pr_auc=decision.champion_score)
+        filled.unpersist()
+        return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # The libraries' INFO chatter (GX above all) would bury the job's own lines.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+    try:
+        args = parse_args(argv)
+        spec = (inspect_file(args.input, args.label, args.time_col, args.features)
+                if args.source == "file" else None)
+    except InputError as exc:
+        print(f"train_model: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    from models.spark import get_spark
+
+    spark = get_spark("patternalarm-train")
+    try:
+        if spec is not None:
+            df, features = load_file(spark, spec), spec.features
+            source_params = {"input": spec.path, "label_column": spec.label,
+                             "time_column": spec.time_col or "(row order)"}
+        else:
+            from models.features import FEATURES
+
+            df = load_domain_source(spark, args)
+            features = args.features or list(FEATURES[args.domain])
+            source_params = {"source": args.source, "domain": args.domain}
+        summary = train(spark, args, df, features, source_params)
+    except DataRejected as exc:
+        print(f"train_model: data rejected: {exc}", file=sys.stderr)
+        return EXIT_DATA_REJECTED
+    finally:
+        spark.stop()
+
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:<24} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
