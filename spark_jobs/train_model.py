@@ -393,8 +393,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"train_model: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
+    from pyspark.sql import SparkSession
+
     from models.spark import get_spark
 
+    # A caller's session (a test's, a notebook's) is reused and left running.
+    owned = SparkSession.getActiveSession() is None
     spark = get_spark("patternalarm-train")
     try:
         if spec is not None:
@@ -412,7 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"train_model: data rejected: {exc}", file=sys.stderr)
         return EXIT_DATA_REJECTED
     finally:
-        spark.stop()
+        if owned:
+            spark.stop()
 
     if args.json:
         print(json.dumps(summary))
