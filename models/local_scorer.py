@@ -1,9 +1,13 @@
 """Score a saved Spark MLlib tree-ensemble pipeline with numpy, without Spark.
 
 :func:`compile_model` reads a saved ``PipelineModel`` directory (``VectorAssembler`` followed by a
-``GBTClassificationModel`` or ``RandomForestClassificationModel``) into flat node arrays. Scoring
-walks every tree for every row at once, one tree level per step, so a call costs a few dozen
-numpy operations whatever the batch size.
+``GBTClassificationModel`` or ``RandomForestClassificationModel``) into arrays. Each tree is
+padded to a complete binary tree of the ensemble's depth and stored heap-ordered (children of
+slot h at 2h+1, 2h+2): a leaf above the last level becomes dummy splits whose descendants all
+hold its value. Scoring then walks every tree for every row at once, one level per step, with
+child positions computed rather than looked up, so a call costs a few dozen numpy operations
+whatever the batch size. The price is memory exponential in depth: models needing more than
+``MAX_SLOTS`` slots (trees x 2^depth, e.g. 100 trees deeper than 15) are refused.
 
 It reproduces Spark's arithmetic, not just its decisions:
 
@@ -19,7 +23,7 @@ It reproduces Spark's arithmetic, not just its decisions:
 Missing values follow the assembler's ``handleInvalid``: ``error`` raises, ``keep`` lets NaN
 through the trees, ``skip`` (Spark drops the row) gives p1 = NaN and label False for that row.
 Not supported, with an error at compile time: other stages, vector-typed assembler inputs,
-multiclass models, tree regressors.
+multiclass models, tree regressors, ensembles over ``MAX_SLOTS``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ ASSEMBLER = "org.apache.spark.ml.feature.VectorAssembler"
 GBT = "org.apache.spark.ml.classification.GBTClassificationModel"
 RF = "org.apache.spark.ml.classification.RandomForestClassificationModel"
 
+MAX_SLOTS = 1 << 22  # ~50 MB of arrays
+
 Kind = Literal["gbt", "rf"]
 Rows = pd.DataFrame | np.ndarray | Mapping[str, float]
 
@@ -48,24 +54,23 @@ class UnsupportedModelError(ValueError):
 
 @dataclass(frozen=True)
 class LocalScorer:
-    """Flat arrays of all trees' nodes; node ids are global (tree offsets added)."""
+    """Per tree, ``2^depth - 1`` split slots then ``2^depth`` leaf slots, trees one after
+    another (tree t's split slot h is ``t * (2^depth - 1) + h``)."""
 
     kind: Kind
     features: tuple[str, ...]
     handle_invalid: str
-    roots: np.ndarray  # int64 [trees]
-    tree_weights: np.ndarray  # float64 [trees] (GBT)
-    feature: np.ndarray  # int64 [nodes], 0 at leaves (unused there)
-    threshold: np.ndarray  # float64 [nodes]
-    left: np.ndarray  # int64 [nodes]; a leaf points to itself so extra steps are no-ops
-    right: np.ndarray  # int64 [nodes]
-    value: np.ndarray  # float64 [nodes, 1] GBT leaf prediction | [nodes, 2] RF class fractions
     depth: int
+    tree_weights: np.ndarray  # float64 [trees] (GBT)
+    feature: np.ndarray  # int64 [trees * splits]
+    threshold: np.ndarray  # float64 [trees * splits]
+    # GBT: leaf prediction; RF: the leaf's class-0 and class-1 fractions of its counts.
+    leaf_value: np.ndarray  # float64 [1 or 2, trees * leaves]
     # Categorical splits: row k of cat_left says, per category code, whether it goes left;
-    # cat_other_left is where a value outside 0..numCategories-1 goes. -1: continuous node.
-    cat_slot: np.ndarray  # int64 [nodes]
-    cat_left: np.ndarray  # bool [categorical nodes, max categories]
-    cat_other_left: np.ndarray  # bool [categorical nodes]
+    # cat_other_left is where a value outside 0..numCategories-1 goes. -1: continuous slot.
+    cat_slot: np.ndarray  # int64 [trees * splits]
+    cat_left: np.ndarray  # bool [categorical splits, max categories]
+    cat_other_left: np.ndarray  # bool [categorical splits]
     spark_thresholds: tuple[float, float] | None = None
     threshold_p1: float | None = None  # overrides spark_thresholds: label = p1 > threshold_p1
 
@@ -85,17 +90,18 @@ class LocalScorer:
         skipped = self._check_invalid(x)
         leaves = self._leaves(x)
         if self.kind == "gbt":
-            margin = self.value[leaves, 0] @ self.tree_weights
+            margin = self.leaf_value[0].take(leaves).T @ self.tree_weights
             p0 = 1.0 / (1.0 + np.exp(2.0 * margin))
             p1 = 1.0 - p0
             default_label = margin > 0.0
         else:
-            # cumsum adds trees strictly left to right, as Spark's loop does.
-            votes = np.cumsum(self.value[leaves], axis=1)[:, -1, :]
-            total = votes[:, 0] + votes[:, 1]
+            # cumsum adds trees strictly in order, as Spark's loop does.
+            votes0 = np.cumsum(self.leaf_value[0].take(leaves), axis=0)[-1]
+            votes1 = np.cumsum(self.leaf_value[1].take(leaves), axis=0)[-1]
+            total = votes0 + votes1
             safe = np.where(total == 0.0, 1.0, total)
-            p0, p1 = votes[:, 0] / safe, votes[:, 1] / safe
-            default_label = votes[:, 1] > votes[:, 0]
+            p0, p1 = votes0 / safe, votes1 / safe
+            default_label = votes1 > votes0
         if self.threshold_p1 is not None:
             label = p1 > self.threshold_p1
         elif self.spark_thresholds is not None:
@@ -110,6 +116,11 @@ class LocalScorer:
     def matrix(self, rows: Rows) -> np.ndarray:
         """Rows as a float64 [n, features] array in the assembler's column order."""
         if isinstance(rows, pd.DataFrame):
+            if tuple(rows.columns) == self.features:
+                # Fast path (~10 us): an all-numeric frame converts in one block.
+                x = rows.to_numpy()
+                if x.dtype.kind in "biuf":
+                    return x.astype(np.float64, copy=False)
             missing = [c for c in self.features if c not in rows.columns]
             if missing:
                 raise KeyError(f"missing feature columns: {missing}")
@@ -145,21 +156,26 @@ class LocalScorer:
         return None
 
     def _leaves(self, x: np.ndarray) -> np.ndarray:
-        """Leaf node id per (row, tree): all rows descend all trees one level per step."""
-        n, width = x.shape
-        node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
-        row_base = (np.arange(n) * width)[:, None]
-        flat = x.ravel()
+        """Leaf slot per (tree, row): all rows descend all trees one level per step."""
+        n = len(x)
+        trees = len(self.tree_weights)
+        splits = (1 << self.depth) - 1
+        # Feature-major values: feature f of row r at f * n + r.
+        columns = np.ascontiguousarray(x.T).ravel()
+        rows = np.arange(n)[None, :]
+        tree_base = (np.arange(trees) * splits)[:, None]
+        heap = np.zeros((trees, n), dtype=np.int64)
         for _ in range(self.depth):
-            values = flat[row_base + self.feature[node]]
-            go_left = values <= self.threshold[node]
+            slot = heap + tree_base
+            values = columns.take(self.feature.take(slot) * n + rows)
+            go_left = values <= self.threshold.take(slot)
             if len(self.cat_left):
-                slot = self.cat_slot[node]
-                is_cat = slot >= 0
+                cat = self.cat_slot.take(slot)
+                is_cat = cat >= 0
                 if is_cat.any():
-                    go_left[is_cat] = self._categorical_left(slot[is_cat], values[is_cat])
-            node = np.where(go_left, self.left[node], self.right[node])
-        return node
+                    go_left[is_cat] = self._categorical_left(cat[is_cat], values[is_cat])
+            heap = 2 * heap + 2 - go_left
+        return heap - splits + (np.arange(trees) << self.depth)[:, None]
 
     def _categorical_left(self, slot: np.ndarray, values: np.ndarray) -> np.ndarray:
         width = self.cat_left.shape[1]
@@ -243,10 +259,9 @@ def _build(kind: Kind, features: tuple[str, ...], handle_invalid: str, stage_dir
         raise UnsupportedModelError("node ids are not 0..n-1 within each tree")
     offset = offsets[tree_index]
 
-    own = np.arange(len(nodes))
     is_leaf = nodes["nodeData.leftChild"].to_numpy() < 0
-    left = np.where(is_leaf, own, nodes["nodeData.leftChild"].to_numpy() + offset)
-    right = np.where(is_leaf, own, nodes["nodeData.rightChild"].to_numpy() + offset)
+    left = nodes["nodeData.leftChild"].to_numpy() + offset  # meaningless at leaves
+    right = nodes["nodeData.rightChild"].to_numpy() + offset
     feature = np.where(is_leaf, 0, nodes["nodeData.split.featureIndex"].to_numpy())
     num_cats = nodes["nodeData.split.numCategories"].to_numpy()
     split_values = nodes["nodeData.split.leftCategoriesOrThreshold"].to_numpy()
@@ -276,13 +291,18 @@ def _build(kind: Kind, features: tuple[str, ...], handle_invalid: str, stage_dir
         value = np.where(total[:, None] == 0.0, 0.0,
                          stats / np.where(total == 0.0, 1.0, total)[:, None])
 
+    depth = _max_depth(left, right, offsets, is_leaf)
+    split_node, leaf_node = _heap_order(left, right, offsets, is_leaf, depth)
+    real = split_node >= 0
     return LocalScorer(
-        kind=kind, features=features, handle_invalid=handle_invalid,
-        roots=offsets.astype(np.int64), tree_weights=weights["_3"].to_numpy(dtype=np.float64),
-        feature=feature.astype(np.int64), threshold=threshold,
-        left=left.astype(np.int64), right=right.astype(np.int64), value=value,
-        depth=_max_depth(left, right, offsets, is_leaf),
-        cat_slot=cat_slot, cat_left=cat_left, cat_other_left=cat_other_left,
+        kind=kind, features=features, handle_invalid=handle_invalid, depth=depth,
+        tree_weights=weights["_3"].to_numpy(dtype=np.float64),
+        feature=np.where(real, feature[split_node], 0).astype(np.int64),
+        # Padding slots: NaN compares false, so rows go right, to copies of the same leaf.
+        threshold=np.where(real, threshold[split_node], np.nan),
+        leaf_value=np.ascontiguousarray(value[leaf_node].T),
+        cat_slot=np.where(real, cat_slot[split_node], -1),
+        cat_left=cat_left, cat_other_left=cat_other_left,
         spark_thresholds=spark_thresholds, threshold_p1=threshold_p1)
 
 
@@ -294,3 +314,31 @@ def _max_depth(left: np.ndarray, right: np.ndarray, roots: np.ndarray,
         frontier = np.concatenate([left[inner], right[inner]])
         depth += 1
     return depth
+
+
+def _heap_order(left: np.ndarray, right: np.ndarray, roots: np.ndarray, is_leaf: np.ndarray,
+                depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Node id at each split slot (-1: padding) and at each leaf slot, trees concatenated."""
+    splits, leaves = (1 << depth) - 1, 1 << depth
+    if len(roots) * (splits + leaves) > MAX_SLOTS:
+        raise UnsupportedModelError(
+            f"{len(roots)} trees of depth {depth} need {len(roots) * (splits + leaves):,} "
+            f"slots, more than {MAX_SLOTS:,}: train shallower trees")
+    split_node = np.full(len(roots) * splits, -1, dtype=np.int64)
+    leaf_node = np.empty(len(roots) * leaves, dtype=np.int64)
+    for tree, root in enumerate(roots):
+        stack = [(int(root), 0, 0)]
+        while stack:
+            node, slot, level = stack.pop()
+            if is_leaf[node]:
+                # Its descendants on the last level are one contiguous run of slots.
+                first = last = slot
+                for _ in range(depth - level):
+                    first, last = 2 * first + 1, 2 * last + 2
+                base = tree * leaves - splits
+                leaf_node[base + first:base + last + 1] = node
+            else:
+                split_node[tree * splits + slot] = node
+                stack += [(int(left[node]), 2 * slot + 1, level + 1),
+                          (int(right[node]), 2 * slot + 2, level + 1)]
+    return split_node, leaf_node

@@ -66,14 +66,13 @@ def scoring_rows(scorer: LocalScorer) -> pd.DataFrame:
     base = synthetic(12_000, 2).drop(columns="label")
     rng = np.random.default_rng(3)
     edges = []
-    continuous = np.flatnonzero((scorer.cat_slot < 0) & (scorer.left != np.arange(
-        len(scorer.left))))
-    for node in continuous:
-        column = scorer.features[scorer.feature[node]]
-        for value in (np.nextafter(scorer.threshold[node], -np.inf), scorer.threshold[node],
-                      np.nextafter(scorer.threshold[node], np.inf)):
+    splits = (scorer.cat_slot < 0) & ~np.isnan(scorer.threshold)
+    for feature, threshold in sorted(set(zip(scorer.feature[splits], scorer.threshold[splits],
+                                             strict=True))):
+        for value in (np.nextafter(threshold, -np.inf), threshold,
+                      np.nextafter(threshold, np.inf)):
             row = base.iloc[[rng.integers(len(base))]].copy()
-            row[column] = value
+            row[scorer.features[feature]] = value
             edges.append(row)
     odd = base.sample(300, random_state=4).copy()
     odd.iloc[:100, odd.columns.get_loc("gap_s")] = np.nan
