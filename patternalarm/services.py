@@ -241,6 +241,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT":
             str(settings.airflow_scheduler_health_port),
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(settings.airflow_worker_log_port),
         "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(spark_conn),
         # SparkSubmitOperator runs spark-submit from PATH with this Python on the workers.
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -276,7 +277,8 @@ def airflow_scheduler_spec(settings: Settings) -> ProcessSpec:
     return ProcessSpec(
         name="airflow-scheduler",
         argv=[str(VENV_BIN / "airflow"), "scheduler"],
-        ports={settings.airflow_scheduler_health_port: env_key("airflow_scheduler_health_port")},
+        ports={settings.airflow_scheduler_health_port: env_key("airflow_scheduler_health_port"),
+               settings.airflow_worker_log_port: env_key("airflow_worker_log_port")},
         env=airflow_env(settings),
         healthy=lambda: http_ok(
             f"http://127.0.0.1:{settings.airflow_scheduler_health_port}/health"),

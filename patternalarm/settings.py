@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     # Airflow 2.8 (LocalExecutor) on the embedded or external Postgres.
     airflow_port: Port = 8080
     airflow_scheduler_health_port: Port = 8974
+    airflow_worker_log_port: Port = 8793  # the scheduler serves task logs on it
     airflow_admin_user: str = "admin"
 
     # Spark: the master that SparkSubmitOperator and spark-submit use.
@@ -69,6 +70,15 @@ class Settings(BaseSettings):
 
     # The scoring API and dashboard (api/, served by uvicorn).
     api_port: Port = 8000
+
+    # The streaming job (streaming/job.py).
+    stream_source: Literal["python", "native"] = "python"  # native: Spark's kafka format
+    stream_trigger_s: float = Field(1.0, ge=0)
+    stream_max_offsets_per_trigger: int = Field(200_000, ge=100)
+    stream_allowed_lateness_s: int = Field(60, ge=0)
+    stream_buckets: int = Field(32, ge=1, le=4096)
+    stream_scorer: Literal["local", "spark"] = "local"
+    model_refresh_s: float = Field(5.0, gt=0)
 
     @field_validator("kafka_bootstrap_servers", "mlflow_tracking_uri", mode="before")
     @classmethod
@@ -105,6 +115,14 @@ class Settings(BaseSettings):
     @property
     def all_topics(self) -> list[str]:
         return [self.events_topic(d) for d in DOMAINS] + [self.labels_topic, self.dlq_topic]
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.var_dir / "checkpoints"
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.var_dir / "lake"
 
     @property
     def embedded_postgres(self) -> bool:
