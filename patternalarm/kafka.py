@@ -39,7 +39,7 @@ def admin(settings: Settings) -> AdminClient:
 
 
 def producer(settings: Settings, **config: object) -> Producer:
-    return Producer({"bootstrap.servers": settings.bootstrap_servers, **config})
+    return Producer({"bootstrap.servers": settings.bootstrap_servers, "logger": _log, **config})
 
 
 def consumer(settings: Settings, group_id: str, **config: object) -> Consumer:
