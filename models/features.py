@@ -171,9 +171,14 @@ def _iot(state: State, t: int, value: float, battery: float | None) -> list[floa
     if last_value is not None and value != last_value:
         # A repeated value says nothing about the noise; counting it would shrink the scale
         # during a stuck episode and make the next honest reading look like a spike.
-        noise = _ewma(noise, abs(value - last_value), 0.05)
+        diffs = state.get("diffs", 0) + 1
+        state["diffs"] = diffs
+        # A plain mean until the EWMA has enough samples: an EWMA seeded with its first
+        # sample keeps most of that one sample's weight for dozens of readings.
+        noise = _ewma(noise, abs(value - last_value), max(1.0 / diffs, 0.05))
     if spike_z < 6.0:  # one wild reading must not drag the baselines
-        fast, slow = _ewma(fast, value, 0.3), _ewma(slow, value, 0.01)
+        fast = _ewma(fast, value, 0.3)
+        slow = _ewma(slow, value, max(1.0 / (seen + 1), 0.01))
     if last_t is not None and gap_s > 0:
         state["gap"] = _ewma(typical_gap, min(gap_s, 3_600.0), 0.1)
     state.update(last_t=t, last_value=value, fast=fast, slow=slow, noise=noise, run=run,

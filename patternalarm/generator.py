@@ -246,6 +246,7 @@ class DomainStream:
         self.open: list[Episode] = []
         self.event_prefix = f"{spec.run_id}-{spec.domain[0]}"
         self.i = 0
+        self.turn = 0
         self.steps = 0
         self.episodes = 0
 
@@ -265,6 +266,19 @@ class DomainStream:
         while idx in busy:
             idx = int(rng.random() * n)
         return idx
+
+    def _ordinary_entity(self) -> int:
+        """Who sends the next ordinary event: anyone at random (cards, players: Poisson-like
+        gaps), or, for domains whose entities report on a schedule (IoT devices), the next in
+        turn, so each reports about every entities/rate minutes and a silence stands out."""
+        if not self.model.PERIODIC:
+            return self._free_entity()
+        n = self.spec.entities
+        while True:
+            idx = self.turn % n
+            self.turn += 1
+            if idx not in self.busy:
+                return idx
 
     def _start_episode(self, t: float, t_ms: int) -> None:
         idx = self._free_entity()
@@ -303,7 +317,7 @@ class DomainStream:
                 self.busy.discard(idx)
                 self.open.remove(episode)
             return key, self.encode((event_id, profile.entity_id, t_ms) + values), episode, ""
-        profile, key = self.entity(self._free_entity())
+        profile, key = self.entity(self._ordinary_entity())
         values = self.model.normal(profile, t_ms / 1000.0, rng)
         flag = ""
         if spec.late_fraction and rng.random() < spec.late_fraction:

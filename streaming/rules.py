@@ -65,8 +65,8 @@ RULES: dict[str, tuple[Rule, ...]] = {
              "1,500+ resources looted within a minute"),
     ),
     "iot": (
-        Rule("spike", "threshold", (("spike_z", ">=", 6), ("history_len", ">=", 10)), "medium",
-             "a reading 6+ noise widths from the device's recent level"),
+        Rule("spike", "threshold", (("spike_z", ">=", 7), ("history_len", ">=", 10)), "medium",
+             "a reading 7+ typical reading-to-reading changes from the device's recent level"),
         Rule("stuck", "run_length", (("repeat_run", ">=", 8),), "medium",
              "8+ identical readings in a row: a frozen sensor"),
         Rule("drift", "threshold", (("drift_z", ">=", 6), ("history_len", ">=", 20)), "low",

@@ -5,6 +5,7 @@ domain:
 
 - ``CONTRACT``: the :class:`~patternalarm.events.Contract` of its events.
 - ``ENTITY_PREFIX``: entity ids are ``<prefix>-<6 digits>``.
+- ``PERIODIC``: whether entities report on a schedule (in turn) rather than at random.
 - ``make_profile(rng, entity_id)``: the entity's stable habits, drawn from its own seeded rng.
 - ``normal(profile, t_s, rng)``: payload values (contract order) of an ordinary event at epoch
   second ``t_s``.

@@ -7,6 +7,8 @@ from random import Random
 from patternalarm.events import Contract, Field
 
 ENTITY_PREFIX = "player"
+# Entities act when they like: gaps between their events vary freely.
+PERIODIC = False
 ACTIONS = ("move", "shoot", "loot")
 WEAPONS = ("rifle", "smg", "shotgun", "sniper", "pistol")
 MAP_SIZE = 1000.0

@@ -8,6 +8,8 @@ from random import Random
 from patternalarm.events import Contract, Field
 
 ENTITY_PREFIX = "device"
+# Devices report on a schedule; a silence is an anomaly.
+PERIODIC = True
 # sensor type: (unit, baseline mean, baseline spread, daily amplitude, noise)
 SENSORS = {
     "temperature": ("C", 21.0, 3.0, 3.0, 0.3),

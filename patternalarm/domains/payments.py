@@ -8,6 +8,8 @@ from random import Random
 from patternalarm.events import Contract, Field
 
 ENTITY_PREFIX = "card"
+# Entities act when they like: gaps between their events vary freely.
+PERIODIC = False
 CATEGORIES = ("grocery", "fuel", "restaurant", "travel", "electronics", "fashion",
               "digital_goods", "jewelry", "pharmacy", "entertainment")
 CHANNELS = ("pos", "ecom", "atm")
