@@ -113,14 +113,18 @@ class BatchRequest(BaseModel):
 class Contribution(BaseModel):
     feature: str
     value: float
-    contribution: float = Field(description="change in the score's log-odds due to this feature")
+    contribution: float = Field(
+        description="the feature's share of the score along the trees' paths: log-odds for "
+                    "gradient-boosted trees, probability for random forests")
 
 
 class Prediction(BaseModel):
     domain: Domain
     probability: float = Field(description="probability of an anomaly (Spark's, to 1e-9)")
-    anomaly: bool = Field(description="probability >= the model's threshold")
-    threshold: float
+    anomaly: bool = Field(description="the model's decision, as the stream makes it")
+    threshold: float | None = Field(
+        description="anomaly = probability > threshold (chosen at training for a target "
+                    "precision); null: the Spark model's own rule")
     model_name: str
     model_version: str
     top_features: list[Contribution] = Field(description="the features that moved the score most")

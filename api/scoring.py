@@ -5,15 +5,21 @@ with the local (numpy) scorer compiled from the Spark model, so answers equal Sp
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 from fastapi.exceptions import RequestValidationError
 
-from api.schemas import Contribution, Prediction, PredictRequest
+from api.schemas import PredictRequest
+from models import explain
 from models import features as feature_engines
+from models.local_scorer import LocalScorer
 from patternalarm.settings import DOMAINS, Settings
+
+if TYPE_CHECKING:
+    from models.registry import ChampionScorer
 
 TOP_FEATURES = 3
 
@@ -33,17 +39,6 @@ class NoChampion(LookupError):
             f"{': ' + reason if reason else ''}). Train and promote one: "
             f"`patternalarm train --domain {domain} --promote` "
             f"(or trigger the retrain DAG in Airflow).")
-
-
-class Champion(Protocol):
-    name: str
-    version: str
-    threshold: float
-    feature_names: Sequence[str]
-
-    def score(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities of an anomaly (n,) and per-feature log-odds contributions (n, f)."""
-        ...
 
 
 def _invalid(loc: tuple, msg: str) -> RequestValidationError:
@@ -66,10 +61,9 @@ def _event_features(item: PredictRequest, names: Sequence[str], loc: tuple) -> l
     return [computed[n] for n in names]
 
 
-def feature_matrix(champion: Champion, items: Sequence[PredictRequest], loc: tuple,
-                   positions: Sequence[int] | None = None) -> np.ndarray:
+def feature_matrix(names: Sequence[str], model: str, items: Sequence[PredictRequest],
+                   loc: tuple, positions: Sequence[int] | None = None) -> np.ndarray:
     """Rows in the model's feature order; `positions` locate items of a batch in errors."""
-    names = list(champion.feature_names)
     matrix = np.empty((len(items), len(names)), dtype=np.float64)
     for row, item in enumerate(items):
         where = loc if positions is None else (*loc, positions[row])
@@ -82,7 +76,7 @@ def feature_matrix(champion: Champion, items: Sequence[PredictRequest], loc: tup
         except KeyError:
             missing = [n for n in names if n not in given]
             raise _invalid((*where, "features"),
-                           f"missing features of {champion.name} v{champion.version}: "
+                           f"missing features of {model}: "
                            f"{', '.join(missing)}") from None
         if len(given) != len(names):
             unknown = sorted(set(given) - set(names))
@@ -90,54 +84,101 @@ def feature_matrix(champion: Champion, items: Sequence[PredictRequest], loc: tup
     return matrix
 
 
-def predict_many(champion: Champion, items: Sequence[PredictRequest], loc: tuple,
-                 positions: Sequence[int] | None = None) -> list[Prediction]:
-    """Score items of one domain in one call: the same answers as scoring them one by one."""
-    matrix = feature_matrix(champion, items, loc, positions)
-    probabilities, contributions = champion.score(matrix)
-    names = list(champion.feature_names)
-    top = np.argsort(-np.abs(contributions), axis=1, kind="stable")[:, :TOP_FEATURES]
+def _snapshot(champion: ChampionScorer) -> tuple[str, LocalScorer]:
+    """A (version, scorer) pair that belong together, even if the alias moves meanwhile."""
+    while True:
+        version, scorer = champion.version, champion.scorer
+        if champion.version == version:
+            return version, scorer
+
+
+def predict_many(champion: ChampionScorer, items: Sequence[PredictRequest], loc: tuple,
+                 positions: Sequence[int] | None = None) -> list[dict]:
+    """Score items of one domain in one call: the same answers as scoring them one by one.
+
+    Answers are plain dicts in the shape of :class:`~api.schemas.Prediction`: building tens
+    of thousands of validated models would cost more than the scoring itself.
+    """
+    version, scorer = _snapshot(champion)
+    names = scorer.features
+    matrix = feature_matrix(names, f"{champion.name} v{version}", items, loc, positions)
+    probabilities, labels = scorer.score(matrix)
+    # The scorer has no public accessor for the leaves its walk reached; the explanation
+    # needs them (see models/explain.py).
+    why = explain.contributions(scorer, matrix, scorer._leaves(matrix))
+    top = np.argsort(-np.abs(why), axis=1, kind="stable")[:, :TOP_FEATURES]
+    top_values = np.take_along_axis(matrix, top, axis=1).tolist()
+    top_why = np.take_along_axis(why, top, axis=1).tolist()
     domain = items[0].domain
-    threshold = float(champion.threshold)
-    answers = []
-    for row, probability in enumerate(probabilities.tolist()):
-        answers.append(Prediction(
-            domain=domain, probability=probability, anomaly=probability >= threshold,
-            threshold=threshold, model_name=champion.name, model_version=champion.version,
-            top_features=[Contribution(feature=names[j], value=matrix[row, j],
-                                       contribution=contributions[row, j])
-                          for j in top[row].tolist()]))
-    return answers
+    model = {"threshold": scorer.threshold_p1, "model_name": champion.name,
+             "model_version": version}
+    return [{"domain": domain, "probability": probability, "anomaly": label, **model,
+             "top_features": [{"feature": names[j], "value": v, "contribution": c}
+                              for j, v, c in zip(columns, values, contributions, strict=True)]}
+            for probability, label, columns, values, contributions in zip(
+                probabilities.tolist(), labels.tolist(), top.tolist(), top_values, top_why,
+                strict=True)]
 
 
 class ModelProvider:
     """Each domain's champion, loaded from the registry on first use.
 
-    Reloading when the alias moves is the registry scorer's job (it checks in the background),
-    so a request never waits on MLflow once its domain is loaded.
+    The loaded scorer follows the alias in its own thread, so a request never waits on MLflow
+    once its domain is loaded. A domain found without a champion is asked again only after
+    RETRY_S, so clients retrying a 503 do not hammer the registry.
     """
 
+    RETRY_S = 5.0
+    REFRESH_S = 5.0
+
     def __init__(self, settings: Settings):
-        self._settings = settings
-        self._scorers: dict[str, Champion] = {}
+        self._tracking_uri = settings.tracking_uri
+        self._champions: dict[str, ChampionScorer] = {}
+        self._missing: dict[str, tuple[float, NoChampion]] = {}
         self._lock = threading.Lock()
 
-    def champion(self, domain: str) -> Champion:
-        scorer = self._scorers.get(domain)
-        if scorer is None:
+    def champion(self, domain: str) -> ChampionScorer:
+        champion = self._champions.get(domain)
+        if champion is None:
             with self._lock:  # concurrent first requests load the model once
-                scorer = self._scorers.get(domain) or self._load(domain)
-                self._scorers[domain] = scorer
-        return scorer
+                champion = self._champions.get(domain) or self._load(domain)
+                self._champions[domain] = champion
+        return champion
+
+    def _load(self, domain: str) -> ChampionScorer:
+        missing = self._missing.get(domain)
+        if missing and time.monotonic() - missing[0] < self.RETRY_S:
+            raise missing[1]
+        # mlflow is heavy to import: only when scoring starts, never for incidents or health.
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        from models.registry import ChampionScorer, client_for
+
+        # Downloading `models:/` URIs resolves them in the process-wide registry, whatever
+        # client asked: without this it would look in a local ./mlflow.db.
+        mlflow.set_tracking_uri(self._tracking_uri)
+        try:
+            champion = ChampionScorer(registered_model_name(domain),
+                                      refresh_interval_s=self.REFRESH_S,
+                                      client=client_for(self._tracking_uri))
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            error = NoChampion(domain, str(exc))
+            self._missing[domain] = (time.monotonic(), error)
+            raise error from None
+        self._missing.pop(domain, None)
+        champion.start()
+        return champion
 
     def versions(self) -> dict[str, str | None]:
-        return {d: (s.version if (s := self._scorers.get(d)) else None) for d in DOMAINS}
+        return {d: (c.version if (c := self._champions.get(d)) else None) for d in DOMAINS}
 
     def loaded(self) -> dict[str, tuple[str, str]]:
-        return {d: (s.name, s.version) for d, s in self._scorers.items()}
-
-    def _load(self, domain: str) -> Champion:
-        raise NoChampion(domain)
+        return {d: (c.name, c.version) for d, c in self._champions.items()}
 
     def close(self) -> None:
-        self._scorers.clear()
+        for champion in self._champions.values():
+            champion.stop()
+        self._champions.clear()

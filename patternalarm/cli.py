@@ -77,17 +77,14 @@ def cmd_migrate(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
 def cmd_api(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
     """Serve the API in the foreground (`up` runs the same process in the background)."""
     import os
-    import subprocess
 
     from patternalarm.services import api_spec
 
     spec = api_spec(cfg)
     print(f"API and dashboard on {spec.url} (docs: {spec.url}/docs); "
-          f"the API key is `api_key` in {cfg.var_dir / 'secrets.json'}")
-    try:
-        return subprocess.run(spec.argv, env={**os.environ, **spec.env}).returncode
-    except KeyboardInterrupt:  # Ctrl-C reached uvicorn too, which shuts down by itself
-        return 0
+          f"the API key is `api_key` in {cfg.var_dir / 'secrets.json'}", flush=True)
+    # exec, not a child: Ctrl-C and SIGTERM reach uvicorn itself, and nothing is left behind.
+    os.execve(spec.argv[0], spec.argv, {**os.environ, **spec.env})
 
 
 def cmd_generate(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
