@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     single = timed_ms(lambda: scorer.predict_proba(event), 5000)
     spark.stop()
 
-    print(f"\nmodel: {scorer.kind}, {len(scorer.roots)} trees, depth {scorer.depth}, "
+    print(f"\nmodel: {scorer.kind}, {len(scorer.tree_weights)} trees, depth {scorer.depth}, "
           f"{len(scorer.features)} features; {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.2f} at the end")
     print(f"max |p_local - p_spark| on {len(data)} rows: {max_diff:.2e}\n")

@@ -7,7 +7,7 @@ slot h at 2h+1, 2h+2): a leaf above the last level becomes dummy splits whose de
 hold its value. Scoring then walks every tree for every row at once, one level per step, with
 child positions computed rather than looked up, so a call costs a few dozen numpy operations
 whatever the batch size. The price is memory exponential in depth: models needing more than
-``MAX_SLOTS`` slots (trees x 2^depth, e.g. 100 trees deeper than 15) are refused.
+``MAX_SLOTS`` slots (trees x 2^(depth+1), e.g. 100 trees deeper than 14) are refused.
 
 It reproduces Spark's arithmetic, not just its decisions:
 
@@ -42,7 +42,7 @@ ASSEMBLER = "org.apache.spark.ml.feature.VectorAssembler"
 GBT = "org.apache.spark.ml.classification.GBTClassificationModel"
 RF = "org.apache.spark.ml.classification.RandomForestClassificationModel"
 
-MAX_SLOTS = 1 << 22  # ~50 MB of arrays
+MAX_SLOTS = 1 << 22  # at most ~100 MB of arrays
 
 Kind = Literal["gbt", "rf"]
 Rows = pd.DataFrame | np.ndarray | Mapping[str, float]

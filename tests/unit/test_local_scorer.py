@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from models import local_scorer
 from models.local_scorer import GBT, RF, UnsupportedModelError, compile_model
 
 SPLIT = pa.struct([("featureIndex", pa.int32()),
@@ -180,3 +181,10 @@ def test_unsupported_models_are_refused(tmp_path):
     with pytest.raises(UnsupportedModelError, match="vector-typed"):
         compile_model(save_model(tmp_path / "v", GBT, GBT_TREES, GBT_WEIGHTS,
                                  extra={"numFeatures": 7}))
+
+
+def test_ensembles_too_deep_for_the_padded_layout_are_refused(tmp_path, monkeypatch):
+    path = save_model(tmp_path / "deep", GBT, GBT_TREES, GBT_WEIGHTS)
+    monkeypatch.setattr(local_scorer, "MAX_SLOTS", 13)  # 2 trees of depth 2 need 14 slots
+    with pytest.raises(UnsupportedModelError, match="shallower"):
+        compile_model(path)
