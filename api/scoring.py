@@ -89,7 +89,8 @@ def _snapshot(champion: ChampionScorer) -> tuple[str, LocalScorer]:
     while True:
         version, scorer = champion.version, champion.scorer
         if champion.version == version:
-            return version, scorer
+            # str: a SQL-backed registry hands out int versions, the REST one strings.
+            return str(version), scorer
 
 
 def predict_many(champion: ChampionScorer, items: Sequence[PredictRequest], loc: tuple,
@@ -173,10 +174,11 @@ class ModelProvider:
         return champion
 
     def versions(self) -> dict[str, str | None]:
-        return {d: (c.version if (c := self._champions.get(d)) else None) for d in DOMAINS}
+        return {d: (str(c.version) if (c := self._champions.get(d)) else None)
+                for d in DOMAINS}
 
     def loaded(self) -> dict[str, tuple[str, str]]:
-        return {d: (c.name, c.version) for d, c in self._champions.items()}
+        return {d: (c.name, str(c.version)) for d, c in self._champions.items()}
 
     def close(self) -> None:
         for champion in self._champions.values():

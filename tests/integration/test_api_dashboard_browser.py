@@ -13,13 +13,9 @@ from patternalarm import db, secrets
 from patternalarm.settings import PROJECT_ROOT
 from streaming.sinks import BatchMetrics, Incident, commit_batch
 from tests.conftest import wait_until
-from tests.integration.browser import Browser, chromium_path
+from tests.integration.browser import Browser
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(chromium_path() is None,
-                       reason="needs Debian's chromium (apt-get install chromium)"),
-]
+pytestmark = pytest.mark.integration
 
 SCREENSHOT = PROJECT_ROOT / "test-artifacts" / "dashboard.png"
 T0 = 1_700_000_000_000
