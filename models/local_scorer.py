@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -73,6 +73,10 @@ class LocalScorer:
     cat_other_left: np.ndarray  # bool [categorical splits]
     spark_thresholds: tuple[float, float] | None = None
     threshold_p1: float | None = None  # overrides spark_thresholds: label = p1 > threshold_p1
+    # Derived in __post_init__: per-tree constants of the descent.
+    _root: np.ndarray = field(init=False, repr=False)
+    _shift: np.ndarray = field(init=False, repr=False)
+    _to_leaf: np.ndarray = field(init=False, repr=False)
 
     # --- scoring ----------------------------------------------------------------------------
 
@@ -143,30 +147,33 @@ class LocalScorer:
 
     def _check_invalid(self, x: np.ndarray) -> np.ndarray | None:
         """Rows Spark would skip (handleInvalid=skip), or raise as handleInvalid=error does."""
-        if self.handle_invalid == "keep":
+        if self.handle_invalid == "keep" or not np.isnan(x).any():
             return None
         invalid = np.isnan(x).any(axis=1)
         if self.handle_invalid == "skip":
             return invalid
-        if invalid.any():
-            cols = [c for c, bad in zip(self.features, np.isnan(x).any(axis=0), strict=True)
-                    if bad]
-            raise ValueError(f"NaN/null in features {cols} of {int(invalid.sum())} row(s) and "
-                             "the model's assembler has handleInvalid='error'")
-        return None
+        cols = [c for c, bad in zip(self.features, np.isnan(x).any(axis=0), strict=True) if bad]
+        raise ValueError(f"NaN/null in features {cols} of {int(invalid.sum())} row(s) and "
+                         "the model's assembler has handleInvalid='error'")
+
+    def __post_init__(self) -> None:
+        trees, splits = len(self.tree_weights), (1 << self.depth) - 1
+        base = (np.arange(trees) * splits)[:, None]
+        # Global slot g = base + h has its children at base + 2h + 1 + (go right), that is
+        # 2g + (1 - base) + (go right): one constant per tree saves work on every level.
+        object.__setattr__(self, "_root", base)
+        object.__setattr__(self, "_shift", 2 - base)
+        object.__setattr__(self, "_to_leaf", (np.arange(trees)[:, None] << self.depth)
+                           - base - splits)
 
     def _leaves(self, x: np.ndarray) -> np.ndarray:
         """Leaf slot per (tree, row): all rows descend all trees one level per step."""
         n = len(x)
-        trees = len(self.tree_weights)
-        splits = (1 << self.depth) - 1
         # Feature-major values: feature f of row r at f * n + r.
         columns = np.ascontiguousarray(x.T).ravel()
-        rows = np.arange(n)[None, :]
-        tree_base = (np.arange(trees) * splits)[:, None]
-        heap = np.zeros((trees, n), dtype=np.int64)
+        rows = np.arange(n)
+        slot = np.repeat(self._root, n, axis=1)
         for _ in range(self.depth):
-            slot = heap + tree_base
             values = columns.take(self.feature.take(slot) * n + rows)
             go_left = values <= self.threshold.take(slot)
             if len(self.cat_left):
@@ -174,8 +181,8 @@ class LocalScorer:
                 is_cat = cat >= 0
                 if is_cat.any():
                     go_left[is_cat] = self._categorical_left(cat[is_cat], values[is_cat])
-            heap = 2 * heap + 2 - go_left
-        return heap - splits + (np.arange(trees) << self.depth)[:, None]
+            slot = 2 * slot + self._shift - go_left
+        return slot + self._to_leaf
 
     def _categorical_left(self, slot: np.ndarray, values: np.ndarray) -> np.ndarray:
         width = self.cat_left.shape[1]
