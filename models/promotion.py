@@ -21,6 +21,7 @@ from models.pipeline import LABEL, positive_probability
 from models.registry import CHAMPION
 
 CHALLENGER = "challenger"
+FILL_TAG = "missing_fill_value"
 METRIC = "pr_auc"
 
 
@@ -60,14 +61,21 @@ def _current_champion(client: MlflowClient, name: str) -> str | None:
         raise
 
 
-def score_version(name: str, version: str, holdout: DataFrame) -> tuple[float | None, str | None]:
-    """(PR-AUC of that version on ``holdout``, None) or (None, why it cannot be scored)."""
+def score_version(client: MlflowClient, name: str, version: str, holdout: DataFrame
+                  ) -> tuple[float | None, str | None]:
+    """(PR-AUC of that version on ``holdout``, None) or (None, why it cannot be scored).
+
+    The version's own features are taken from the holdout rows and filled with its own
+    missing-value fill (version tag ``missing_fill_value``), as it was trained.
+    """
     model = mlflow.spark.load_model(f"models:/{name}/{version}")
     needed = model.stages[0].getInputCols()
     missing = sorted(set(needed) - set(holdout.columns))
     if missing:
         return None, f"its features {missing} are not in this training set"
-    scored = positive_probability(model, holdout).select("score", LABEL).toPandas()
+    fill = float(client.get_model_version(name, version).tags.get(FILL_TAG, 0.0))
+    rows = holdout.fillna(fill, subset=needed)
+    scored = positive_probability(model, rows).select("score", LABEL).toPandas()
     return pr_auc(scored["score"].to_numpy(), scored[LABEL].to_numpy()), None
 
 
@@ -75,7 +83,8 @@ def promote(client: MlflowClient, name: str, version: str, new_score: float,
             holdout: DataFrame) -> Decision:
     """Decide, move the alias, and log the decision and both scores to the active run."""
     champion = _current_champion(client, name)
-    score, unscorable = score_version(name, champion, holdout) if champion else (None, None)
+    score, unscorable = (score_version(client, name, champion, holdout) if champion
+                         else (None, None))
     decision = decide(new_score, champion, score, unscorable)
     client.set_registered_model_alias(name, decision.alias, version)
     client.set_model_version_tag(name, version, "promotion", decision.reason)

@@ -52,6 +52,7 @@ class FileInput:
     time_col: str | None        # None: file order is time order
     time_is_timestamp: bool
     features: list[str]
+    numeric: list[str]          # every numeric column but label and time (features ⊆ numeric)
     csv_schema: list[tuple[str, str]]  # (column, Spark SQL type) of every column, CSV only
 
 
@@ -177,8 +178,9 @@ def inspect_file(path: str, label: str, time_col: str | None,
     def numeric(t) -> bool:
         return _spark_type(t) in ("bigint", "double", "boolean")
 
+    candidates = [c for c, t in columns.items() if numeric(t) and c not in (label, time_col)]
     if features is None:
-        features = [c for c, t in columns.items() if numeric(t) and c not in (label, time_col)]
+        features = candidates
         if not features:
             raise InputError(f"{path}: no numeric feature columns besides label and time")
     else:
@@ -190,7 +192,7 @@ def inspect_file(path: str, label: str, time_col: str | None,
             raise InputError(f"feature columns must be numeric: {wrong}")
         if {label, time_col} & set(features):
             raise InputError("the label and time columns cannot also be features")
-    clashes = sorted(RESERVED & set(features))
+    clashes = sorted(RESERVED & set(candidates))
     if clashes:
         raise InputError(f"feature names reserved by the job: {clashes}; rename them")
 
@@ -205,13 +207,18 @@ def inspect_file(path: str, label: str, time_col: str | None,
                          "a model needs both")
     return FileInput(path, fmt, label, time_col,
                      time_type is not None and pa.types.is_timestamp(time_type), features,
+                     candidates,
                      [(c, _spark_type(t)) for c, t in columns.items()] if fmt == "csv" else [])
 
 
 # --- loading (Spark) ---------------------------------------------------------------------------
 
 def load_file(spark, spec: FileInput):
-    """The file as feature columns (double, NaN as null), ``label`` (double) and event_time."""
+    """The file's numeric columns (double, NaN as null), ``label`` (double) and event_time.
+
+    Numeric columns beyond the features stay: the champion may need them to be scored on the
+    same holdout (``models.promotion``).
+    """
     from pyspark.sql import functions as F
 
     if spec.format == "csv":
@@ -226,7 +233,7 @@ def load_file(spark, spec: FileInput):
         time = F.unix_millis(F.col(spec.time_col))
     else:
         time = F.col(spec.time_col).cast("long")
-    return raw.select(*[_as_double(name) for name in spec.features],
+    return raw.select(*[_as_double(name) for name in spec.numeric],
                       F.col(spec.label).cast("double").alias("label"),
                       time.cast("long").alias(TIME))
 
@@ -362,7 +369,7 @@ def train(spark, args: argparse.Namespace, df, features: list[str],
         version = str(info.registered_model_version)
         version_tags = {THRESHOLD_TAG: repr(choice.threshold),
                         "target_precision": str(args.target_precision),
-                        "missing_fill_value": repr(args.fill_value),
+                        promotion.FILL_TAG: repr(args.fill_value),
                         "features": ",".join(features), "algorithm": hp.algorithm,
                         "pr_auc": f"{metrics['pr_auc']:.6f}", "run_id": run.info.run_id}
         for key, value in version_tags.items():
