@@ -333,8 +333,9 @@ def train(spark, args: argparse.Namespace, df, features: list[str],
         mlflow.log_metrics({f"{side}_rows_label_{label}": n
                             for (side, label), n in counts.items()})
 
-        weighted, weights = pipeline.add_class_weights(train_df)
+        weighted = train_df
         if hp.class_weight == "balanced":
+            weighted, weights = pipeline.add_class_weights(train_df)
             mlflow.log_params({f"class_weight_{k}": round(v, 6) for k, v in weights.items()})
         started = time.monotonic()
         model = pipeline.build_pipeline(features, hp).fit(weighted)
