@@ -200,6 +200,8 @@ LABEL_FIELDS: tuple[Field, ...] = (
     Field("start_time", "long", min=MIN_EVENT_TIME_MS, max=MAX_EVENT_TIME_MS),
     Field("end_time", "long", min=MIN_EVENT_TIME_MS, max=MAX_EVENT_TIME_MS),
     Field("event_ids", "array<string>", doc="exactly the events of the episode"),
+    Field("truncated", "boolean", required=False,
+          doc="cut short by the end of its run: fewer events than the kind plans"),
     Field("schema_version", "int", min=SCHEMA_VERSION, max=SCHEMA_VERSION),
 )
 

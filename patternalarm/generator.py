@@ -193,6 +193,8 @@ class Episode:
     events: list[tuple[str, int]] = field(default_factory=list)  # (event_id, event_time)
     acked: list[tuple[str, int]] = field(default_factory=list)
     failed: int = 0
+    # Cut short by the end of the run: its label lists only the events that were sent.
+    truncated: bool = False
 
     @property
     def closed(self) -> bool:
@@ -208,7 +210,7 @@ class Episode:
         return {"episode_id": self.episode_id, "run_id": run_id, "domain": self.domain,
                 "entity_id": self.entity_id, "kind": self.kind, "start_time": self.start_ms,
                 "end_time": max(t for _, t in self.acked), "event_ids": ids,
-                "schema_version": SCHEMA_VERSION}
+                "truncated": self.truncated, "schema_version": SCHEMA_VERSION}
 
 
 @dataclass(frozen=True)
@@ -350,6 +352,7 @@ class DomainStream:
         self.open, self.due = [], []
         for episode in cut:
             episode.remaining = 0
+            episode.truncated = True
         return [e for e in cut if e.events]
 
 
@@ -520,12 +523,12 @@ class GroundTruth:
         with self.conn, self.conn.cursor() as cur:
             execute_values(cur, """
                 INSERT INTO ground_truth (episode_id, run_id, domain, entity_id, kind,
-                                          start_time, end_time, event_ids)
+                                          start_time, end_time, event_ids, truncated)
                 VALUES %s ON CONFLICT (episode_id) DO NOTHING""",
                 [(lb["episode_id"], lb["run_id"], lb["domain"], lb["entity_id"], lb["kind"],
-                  lb["start_time"] / 1000.0, lb["end_time"] / 1000.0, lb["event_ids"])
-                 for lb in labels],
-                template="(%s, %s, %s, %s, %s, to_timestamp(%s), to_timestamp(%s), %s)")
+                  lb["start_time"] / 1000.0, lb["end_time"] / 1000.0, lb["event_ids"],
+                  lb.get("truncated", False)) for lb in labels],
+                template="(%s, %s, %s, %s, %s, to_timestamp(%s), to_timestamp(%s), %s, %s)")
 
     def published(self, episode_ids: list[str]) -> None:
         with self.conn, self.conn.cursor() as cur:

@@ -96,7 +96,7 @@ def test_labels_validate_and_have_a_spark_schema():
 
     label = {"episode_id": "e1", "run_id": "r1", "domain": "iot", "entity_id": "device-000001",
              "kind": "stuck", "start_time": START_MS, "end_time": START_MS + 5,
-             "event_ids": ["a", "b"], "schema_version": SCHEMA_VERSION}
+             "event_ids": ["a", "b"], "truncated": False, "schema_version": SCHEMA_VERSION}
     assert json.loads(encode_label(label)) == label
     assert label_problems({**label, "end_time": START_MS - 1}) == ["end_time: before start_time"]
     assert label_problems({**label, "event_ids": "a"}) == [

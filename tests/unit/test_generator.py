@@ -316,3 +316,21 @@ def test_episodes_never_take_more_than_half_the_entities():
         next(source)
         assert len(source.busy) <= 2
     assert source.episodes > 10
+
+
+def test_episodes_cut_by_the_end_of_the_run_are_marked_truncated():
+    s = stream("iot", n=3_000, anomaly_rate=0.01)
+    finished = {ep.episode_id: ep for _, _, ep, _ in (next(s) for _ in range(3_000)) if ep}
+    cut = s.close()
+    assert cut and all(ep.truncated for ep in cut)
+    cut[0].acked = list(cut[0].events)  # as if the broker acknowledged them
+    assert cut[0].label("r")["truncated"] is True
+    whole = [ep for ep in finished.values() if ep not in cut]
+    assert whole and not any(ep.truncated for ep in whole)
+
+
+def test_devices_report_in_turn_so_a_silence_stands_out():
+    s = stream("iot", n=1_200, per_min=600, anomaly_rate=0.0, entities=600)
+    keys = [next(s)[0] for _ in range(1_200)]
+    # 600 devices, each heard from exactly twice in 1,200 events, in the same order.
+    assert keys[:600] == keys[600:] and len(set(keys)) == 600
