@@ -14,11 +14,14 @@ Options:
   startingOffsets           earliest (default) | latest | JSON {"topic": {"0": 42}}
   maxOffsetsPerTrigger      cap on records per micro-batch, shared across partitions
   group.id                  group whose committed offsets follow the query (optional)
+  capFile                   JSON {"max_rows": N} the job rewrites after each batch: an adaptive
+                            cap under maxOffsetsPerTrigger (see streaming.sinks.next_cap)
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -101,6 +104,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if self.max_rows is not None and self.max_rows <= 0:
             raise ValueError("maxOffsetsPerTrigger must be positive")
         self.group_id = options.get("group.id")
+        self.cap_file = options.get("capFile")
         self._known_ends: dict[tuple[str, int], int] | None = None
         self._available_now_target: dict[tuple[str, int], int] | None = None
 
@@ -151,8 +155,17 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         # Partitions that appeared since the start read from their beginning.
         ends = {tp: max(end, begin.get(tp, 0)) for tp, end in ends.items()}
         if isinstance(limit, ReadMaxRows):
-            ends = cap_offsets(begin, ends, limit.max_rows)
+            ends = cap_offsets(begin, ends, min(limit.max_rows, self._adaptive_cap()))
         return _nest(ends)
+
+    def _adaptive_cap(self) -> int:
+        if not self.cap_file:
+            return sys.maxsize
+        try:
+            with open(self.cap_file) as file:
+                return max(int(json.load(file)["max_rows"]), 1)
+        except (OSError, ValueError, KeyError):
+            return sys.maxsize  # no batch measured yet
 
     def reportLatestOffset(self) -> Offsets | None:
         return _nest(self._known_ends) if self._known_ends else None
@@ -232,11 +245,12 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
 def kafka_stream(spark, servers: str, topics: list[str], *, native: bool = False,
                  starting_offsets: str = "earliest", max_offsets_per_trigger: int | None = None,
-                 group_id: str | None = None):
+                 group_id: str | None = None, cap_file: str | None = None):
     """A streaming DataFrame over `topics` from this source or Spark's native `kafka` format.
 
     Both give the same columns; the native format needs the spark-sql-kafka jar on the
-    classpath (e.g. `--packages org.apache.spark:spark-sql-kafka-0-10_2.13:<spark version>`).
+    classpath (e.g. `--packages org.apache.spark:spark-sql-kafka-0-10_2.13:<spark version>`)
+    and keeps a fixed maxOffsetsPerTrigger (no adaptive cap).
     """
     if native:
         reader = (spark.readStream.format("kafka")
@@ -258,4 +272,6 @@ def kafka_stream(spark, servers: str, topics: list[str], *, native: bool = False
         reader = reader.option("group.id", group_id)
     if max_offsets_per_trigger:
         reader = reader.option("maxOffsetsPerTrigger", str(max_offsets_per_trigger))
+    if cap_file:
+        reader = reader.option("capFile", cap_file)
     return reader.load()

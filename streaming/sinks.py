@@ -9,15 +9,23 @@ one row with counts and a last-seen time instead of new rows.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import json
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from psycopg2.extensions import connection
 from psycopg2.extras import Json, execute_values
+from pyspark.sql.streaming import StreamingQueryListener
+
+log = logging.getLogger("patternalarm.stream")
 
 SEVERITIES = ("low", "medium", "high", "critical")
 
@@ -147,3 +155,248 @@ def log_line(query_name: str, batch_id: int, metrics: BatchMetrics) -> str:
     """The one structured log line per micro-batch."""
     return json.dumps({"event": "micro_batch", "query": query_name, "batch_id": batch_id,
                        **asdict(metrics)}, default=str)
+
+
+class BatchSink:
+    """foreachBatch: lake, model scoring, dead letters, then one exactly-once commit."""
+
+    def __init__(self, spark, cfg, query_name: str, domains: list[str], topics: list[str]):
+        from streaming.scoring import ModelWatch
+
+        self.spark, self.cfg, self.query_name = spark, cfg, query_name
+        self.topics = topics
+        self.watch = ModelWatch(cfg.tracking_uri, domains, cfg.model_refresh_s)
+        self.positions: dict[tuple[str, int], int] = {}
+        self.ends: dict[tuple[str, int], int] = {}
+        self.cap_file = cfg.checkpoint_dir / query_name / "cap.json"
+        self._conn: connection | None = None
+        self._producer = None
+        self._spark_models: dict[tuple[str, str], object] = {}
+
+    # --- the batch -------------------------------------------------------------------------
+
+    def __call__(self, batch, batch_id: int) -> None:
+        started = time.monotonic()
+        conn = self._connection()
+        if already_committed(conn, self.query_name, batch_id):
+            log.info(json.dumps({"event": "batch_replayed_skipped", "batch_id": batch_id}))
+            return
+        batch = batch.persist()
+        try:
+            features = batch.where("kind = 'features'")
+            stats = features.selectExpr(
+                "count(*) AS n", "percentile_approx(event_time, array(0.5, 0.01)) AS ev",
+                "percentile_approx(broker_time, array(0.5, 0.01)) AS br").first()
+            if stats.n:
+                self._write_lake(features, batch_id)
+            champions = self.watch.champions()
+            incidents = [self._rule_incident(r) for r in
+                         batch.where("kind = 'incident'").collect()]
+            if stats.n and champions:
+                incidents += self._model_incidents(features, champions)
+            dead = batch.where("kind = 'dlq'").select(
+                "topic", "partition", "offset", "reason", "raw").collect()
+            self._dead_letters(dead, batch_id)
+            self._advance(batch)
+            lag = self._lag()
+            now_ms = time.time() * 1000.0
+            metrics = BatchMetrics(
+                input_rows=stats.n + len(dead),
+                processing_ms=(time.monotonic() - started) * 1000.0,
+                event_latency_p50_ms=now_ms - stats.ev[0] if stats.n else None,
+                event_latency_p99_ms=now_ms - stats.ev[1] if stats.n else None,
+                broker_latency_p50_ms=now_ms - stats.br[0] if stats.n else None,
+                broker_latency_p99_ms=now_ms - stats.br[1] if stats.n else None,
+                lag_total=sum(lag.values()) if lag else None,
+                lag_by_partition={f"{t}-{p}": n for (t, p), n in lag.items()},
+                dead_lettered=len(dead),
+                model_versions={d: c.version for d, c in champions.items()})
+            commit_batch(conn, self.query_name, batch_id, incidents, metrics)
+            self._adapt_cap(stats.n + len(dead), time.monotonic() - started)
+            log.info(log_line(self.query_name, batch_id, metrics))
+        except Exception:
+            self._drop_connection()
+            raise
+        finally:
+            batch.unpersist()
+
+    def _rule_incident(self, row) -> Incident:
+        return Incident(row.domain, row.entity_id, row.detector, "rule", row.window_start,
+                        row.severity, row.event_time, row.event_time,
+                        evidence={**json.loads(row.evidence), "event_id": row.event_id})
+
+    def _model_incidents(self, features, champions) -> list[Incident]:
+        from streaming.scoring import SCORED, model_name, score_frames
+
+        if self.cfg.stream_scorer == "spark":
+            hits = self._spark_scores(features, champions)
+        else:
+            hits = features.mapInPandas(partial(
+                score_frames, tracking_uri=self.cfg.tracking_uri, champions=champions),
+                SCORED).collect()
+        window_ms = 900_000
+        return [Incident(h.domain, h.entity_id, "model", "model",
+                         h.event_time // window_ms * window_ms,
+                         "high" if h.score >= 0.9 else "medium", h.event_time, h.event_time,
+                         score=float(h.score), model_name=model_name(h.domain),
+                         model_version=champions[h.domain].version,
+                         evidence={"score": float(h.score), "event_id": h.event_id})
+                for h in hits]
+
+    def _spark_scores(self, features, champions) -> list:
+        """The same champion versions applied as Spark PipelineModels (stream_scorer=spark)."""
+        import mlflow.spark
+        from pyspark.ml.functions import vector_to_array
+        from pyspark.sql import functions as F
+
+        from models.features import FEATURES
+
+        hits = []
+        for domain, champion in champions.items():
+            key = (champion.name, champion.version)
+            if key not in self._spark_models:
+                self._spark_models[key] = mlflow.spark.load_model(
+                    f"models:/{champion.name}/{champion.version}")
+            rows = features.where(F.col("domain") == domain).select(
+                "domain", "entity_id", "event_id", "event_time",
+                *[F.col("features")[i].alias(n) for i, n in enumerate(FEATURES[domain])])
+            scored = self._spark_models[key].transform(rows).withColumn(
+                "score", vector_to_array("probability")[1])
+            hits += scored.where("prediction = 1.0").select(
+                "domain", "entity_id", "event_id", "event_time", "score").collect()
+        return hits
+
+    def _write_lake(self, features, batch_id: int) -> None:
+        # One directory per batch id, overwritten whole: a replayed batch rewrites, never adds.
+        (features.select("domain", "entity_id", "event_id", "event_time", "features")
+         .write.mode("overwrite").partitionBy("domain")
+         .parquet(str(self.cfg.lake_dir / "features" / f"batch_id={batch_id}")))
+
+    def _dead_letters(self, dead: list, batch_id: int) -> None:
+        if not dead:
+            return
+        from patternalarm import kafka
+
+        if self._producer is None:
+            self._producer = kafka.producer(self.cfg, **{"enable.idempotence": True,
+                                                         "linger.ms": 5})
+        failures = []
+        for row in dead:
+            letter = {"reason": row.reason, "query": self.query_name, "batch_id": batch_id,
+                      "source": {"topic": row.topic, "partition": row.partition,
+                                 "offset": row.offset},
+                      "raw_base64": base64.b64encode(row.raw or b"").decode()}
+            # Keyed by the source position: a consumer can drop the copy a replay may send.
+            self._producer.produce(
+                self.cfg.dlq_topic, key=f"{row.topic}:{row.partition}:{row.offset}",
+                value=json.dumps(letter).encode(),
+                on_delivery=lambda err, msg: err and failures.append(err))
+        if self._producer.flush(30) or failures:
+            raise RuntimeError(f"dead-letter topic did not acknowledge: {failures[:3]}")
+
+    # --- lag and the adaptive cap ----------------------------------------------------------
+
+    def _advance(self, batch) -> None:
+        for row in batch.where("offset IS NOT NULL").groupBy("topic", "partition").agg(
+                {"offset": "max"}).collect():
+            self.positions[(row.topic, row.partition)] = row["max(offset)"] + 1
+
+    def _lag(self) -> dict[tuple[str, int], int]:
+        from confluent_kafka import TopicPartition
+
+        from patternalarm import kafka
+
+        try:
+            probes = [TopicPartition(t, p, self.ends.get((t, p), -1))
+                      for t, p in self._partitions()]
+            self.ends = kafka.high_watermarks(self.cfg.bootstrap_servers, probes, timeout_s=5)
+        except Exception as exc:  # lag is a measurement: never fail the batch over it
+            log.warning(json.dumps({"event": "lag_unavailable", "error": str(exc)[:200]}))
+            return {}
+        return {tp: max(end - self.positions.get(tp, 0), 0) for tp, end in self.ends.items()}
+
+    def _partitions(self) -> list[tuple[str, int]]:
+        if not self.ends:
+            from patternalarm import kafka
+
+            return [(tp.topic, tp.partition) for tp in kafka.partitions_of(self.cfg, self.topics)]
+        return list(self.ends)
+
+    def _adapt_cap(self, rows: int, duration_s: float) -> None:
+        cap = next_cap(rows, duration_s, target_s=max(self.cfg.stream_trigger_s, 1.0),
+                       floor=1_000, ceiling=self.cfg.stream_max_offsets_per_trigger)
+        self.cap_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.cap_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"max_rows": cap}))
+        tmp.replace(self.cap_file)
+
+    # --- connections and listener ----------------------------------------------------------
+
+    def _connection(self) -> connection:
+        if self._conn is None or self._conn.closed:
+            from patternalarm import db
+
+            self._conn = db.connect(self.cfg)
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+        self._conn = None
+
+    def close(self) -> None:
+        self._drop_connection()
+        if self._producer is not None:
+            self._producer.flush(10)
+
+    def progress_listener(self):
+        return _LateRows(self.cfg, self.query_name)
+
+
+class _LateRows(StreamingQueryListener):
+    """Rows the watermark dropped are counted into their batch's metrics row, never lost
+    silently (Spark reports them only after the batch, in its progress event)."""
+
+    def __init__(self, cfg, query_name: str):
+        self.cfg, self.query_name = cfg, query_name
+
+    def onQueryStarted(self, event) -> None:
+        pass
+
+    def onQueryIdle(self, event) -> None:
+        pass
+
+    def onQueryTerminated(self, event) -> None:
+        pass
+
+    def onQueryProgress(self, event) -> None:
+        progress = event.progress
+        late = sum(op.numRowsDroppedByWatermark for op in progress.stateOperators)
+        if not late or progress.name != self.query_name:
+            return
+        from patternalarm import db
+
+        with contextlib.closing(db.connect(self.cfg)) as conn, conn, conn.cursor() as cur:
+            cur.execute("""UPDATE stream_metrics SET late_events = late_events + %s
+                           WHERE query_name = %s AND batch_id = %s""",
+                        (late, self.query_name, progress.batchId))
+
+
+def already_committed(conn: connection, query_name: str, batch_id: int) -> bool:
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM stream_batches WHERE query_name = %s AND batch_id = %s",
+                    (query_name, batch_id))
+        return cur.fetchone() is not None
+
+
+def next_cap(rows: int, duration_s: float, target_s: float, floor: int, ceiling: int) -> int:
+    """Records the next micro-batch may take: what this job processes in about `target_s`.
+
+    During a burst the backlog then drains over several short batches instead of one huge one,
+    so each batch's latency and memory stay bounded; the rate estimate follows the job's own
+    measured throughput, so the cap grows back as soon as batches get faster.
+    """
+    if rows <= 0 or duration_s <= 0:
+        return ceiling
+    return int(min(max(rows / duration_s * target_s, floor), ceiling))
