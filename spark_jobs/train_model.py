@@ -268,21 +268,81 @@ class DataRejected(Exception):
     """The data failed the gate or cannot be split; the reason is logged to MLflow."""
 
 
-def train(spark, args: argparse.Namespace, df, features: list[str],
-          source_params: dict[str, str]) -> dict:
-    """Gate, train, evaluate, log, register and (optionally) promote. Returns the summary."""
+def _gate(df, args: argparse.Namespace, features: list[str], out: Path, run_id: str) -> None:
+    """Great Expectations on the whole training set; the report is kept whatever the outcome."""
+    import mlflow
+
+    from models import validation
+
+    started = time.monotonic()
+    gate = validation.validate(df, "label", TIME, features, args.domain)
+    (out / "validation").mkdir()
+    (out / "validation" / "gx_report.json").write_text(json.dumps(gate.report, indent=1))
+    mlflow.log_artifacts(str(out / "validation"), "validation")
+    mlflow.log_params({f"gx_suite.{name}": v for name, v in gate.suite_versions.items()})
+    mlflow.log_metric("gx_seconds", time.monotonic() - started)
+    mlflow.set_tag("gate", "passed" if gate.success else "failed")
+    if not gate.success:
+        raise DataRejected(f"Great Expectations gate failed (report: MLflow run {run_id}, "
+                           "validation/gx_report.json):\n  " + "\n  ".join(gate.failures))
+
+
+def _split(filled, holdout_fraction: float):
+    """(train, holdout): a time split that must leave both classes on both sides."""
+    import mlflow
+
+    from models.evaluation import time_split
+
+    train_df, holdout, cutoff = time_split(filled, TIME, holdout_fraction)
+    counts = {(side, int(r["label"])): r["count"]
+              for side, part in (("train", train_df), ("holdout", holdout))
+              for r in part.groupBy("label").count().collect()}
+    for side in ("train", "holdout"):
+        if not counts.get((side, 0)) or not counts.get((side, 1)):
+            raise DataRejected(f"the time split at {cutoff} leaves the {side} set without both "
+                               f"classes (counts {counts}); more data or another "
+                               "--holdout-fraction")
+    mlflow.log_params({"split_cutoff_time": cutoff})
+    mlflow.log_metrics({f"{side}_rows_label_{label}": n for (side, label), n in counts.items()})
+    return train_df, holdout
+
+
+def _register(model, holdout, features: list[str], config: dict, version_tags: dict[str, str],
+              model_name: str) -> str:
+    """Log the model with signature and input example, register it, tag the version."""
     import mlflow
     import pyspark
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
-    from models import evaluation, pipeline, promotion, validation
+    from models.pipeline import positive_probability
+
+    example = positive_probability(model, holdout.limit(5)).toPandas()
+    info = mlflow.spark.log_model(
+        model, "model", registered_model_name=model_name,
+        signature=infer_signature(example[features], example["prediction"]),
+        input_example=example[features],
+        # Listed, not inferred: inference costs ~35 s per model.
+        pip_requirements=[f"pyspark=={pyspark.__version__}", f"mlflow=={mlflow.__version__}"],
+        metadata=config)
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    for key, value in version_tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    return version
+
+
+def train(spark, args: argparse.Namespace, df, features: list[str],
+          source_params: dict[str, str]) -> dict:
+    """Gate, train, evaluate, log, register and (optionally) promote. Returns the summary."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from models import evaluation, pipeline, promotion
     from models.registry import THRESHOLD_TAG
 
-    cfg = settings_mod.get()
-    mlflow.set_tracking_uri(cfg.tracking_uri)
+    mlflow.set_tracking_uri(settings_mod.get().tracking_uri)
     mlflow.set_experiment(args.experiment)
-    client = MlflowClient(cfg.tracking_uri)
     hp = _hyperparameters(args)
     spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
 
@@ -296,20 +356,7 @@ def train(spark, args: argparse.Namespace, df, features: list[str],
                            "target_precision": args.target_precision,
                            "missing_fill_value": args.fill_value})
         df = df.cache()
-
-        started = time.monotonic()
-        gate = validation.validate(df, "label", TIME, features, args.domain)
-        (out / "validation").mkdir()
-        (out / "validation" / "gx_report.json").write_text(json.dumps(gate.report, indent=1))
-        mlflow.log_artifacts(str(out / "validation"), "validation")
-        mlflow.log_params({f"gx_suite.{name}": v for name, v in gate.suite_versions.items()})
-        mlflow.log_metric("gx_seconds", time.monotonic() - started)
-        if not gate.success:
-            mlflow.set_tag("gate", "failed")
-            raise DataRejected("Great Expectations gate failed (report: MLflow run "
-                               f"{run.info.run_id}, validation/gx_report.json):\n  "
-                               + "\n  ".join(gate.failures))
-        mlflow.set_tag("gate", "passed")
+        _gate(df, args, features, out, run.info.run_id)
 
         filled, rows_missing, per_column = pipeline.fill_missing(df, features, args.fill_value)
         filled = filled.cache()
@@ -320,29 +367,15 @@ def train(spark, args: argparse.Namespace, df, features: list[str],
         mlflow.log_metrics({"rows_with_missing": rows_missing,
                             **{f"missing_cells.{c}": n for c, n in per_column.items()}})
 
-        train_df, holdout, cutoff = evaluation.time_split(filled, TIME, args.holdout_fraction)
-        counts = {(side, int(r["label"])): r["count"]
-                  for side, part in (("train", train_df), ("holdout", holdout))
-                  for r in part.groupBy("label").count().collect()}
-        for side in ("train", "holdout"):
-            if not counts.get((side, 0)) or not counts.get((side, 1)):
-                raise DataRejected(f"the time split at {cutoff} leaves the {side} set without "
-                                   f"both classes (counts {counts}); more data or another "
-                                   "--holdout-fraction")
-        mlflow.log_params({"split_cutoff_time": cutoff})
-        mlflow.log_metrics({f"{side}_rows_label_{label}": n
-                            for (side, label), n in counts.items()})
-
-        weighted = train_df
+        train_df, holdout = _split(filled, args.holdout_fraction)
         if hp.class_weight == "balanced":
-            weighted, weights = pipeline.add_class_weights(train_df)
+            train_df, weights = pipeline.add_class_weights(train_df)
             mlflow.log_params({f"class_weight_{k}": round(v, 6) for k, v in weights.items()})
         started = time.monotonic()
-        model = pipeline.build_pipeline(features, hp).fit(weighted)
+        model = pipeline.build_pipeline(features, hp).fit(train_df)
         mlflow.log_metric("fit_seconds", time.monotonic() - started)
 
-        scored = pipeline.positive_probability(model, holdout).select("score", "label")
-        held = scored.toPandas()
+        held = pipeline.positive_probability(model, holdout).select("score", "label").toPandas()
         scores, labels = held["score"].to_numpy(), held["label"].to_numpy()
         choice = evaluation.choose_threshold(scores, labels, args.target_precision)
         if not choice.target_met:
@@ -358,34 +391,27 @@ def train(spark, args: argparse.Namespace, df, features: list[str],
         mlflow.log_dict(config, "scoring.json")
         mlflow.log_dict(importances, "feature_importance.json")
 
-        example = pipeline.positive_probability(model, holdout.limit(5)).toPandas()
-        info = mlflow.spark.log_model(
-            model, "model", registered_model_name=args.model_name,
-            signature=infer_signature(example[features], example["prediction"]),
-            input_example=example[features],
-            # Listed, not inferred: inference costs ~35 s per model.
-            pip_requirements=[f"pyspark=={pyspark.__version__}",
-                              f"mlflow=={mlflow.__version__}"],
-            metadata=config)
-        version = str(info.registered_model_version)
-        version_tags = {THRESHOLD_TAG: repr(choice.threshold),
-                        "target_precision": str(args.target_precision),
-                        promotion.FILL_TAG: repr(args.fill_value),
-                        "features": ",".join(features), "algorithm": hp.algorithm,
-                        "pr_auc": f"{metrics['pr_auc']:.6f}", "run_id": run.info.run_id}
-        for key, value in version_tags.items():
-            client.set_model_version_tag(args.model_name, version, key, value)
-
+        version = _register(model, holdout, features, config, {
+            THRESHOLD_TAG: repr(choice.threshold), promotion.FILL_TAG: repr(args.fill_value),
+            "target_precision": str(args.target_precision), "features": ",".join(features),
+            "algorithm": hp.algorithm, "pr_auc": f"{metrics['pr_auc']:.6f}",
+            "run_id": run.info.run_id}, args.model_name)
         summary = {"model_name": args.model_name, "version": version,
                    "run_id": run.info.run_id, **metrics}
         if args.promote:
-            decision = promotion.promote(client, args.model_name, version,
+            decision = promotion.promote(MlflowClient(), args.model_name, version,
                                          metrics[promotion.METRIC], holdout)
             summary.update(alias=decision.alias, promotion_reason=decision.reason,
                            champion_version=decision.champion_version,
                            champion_pr_auc=decision.champion_score)
         filled.unpersist()
         return summary
+
+
+def _reachable(url: str) -> bool:
+    from patternalarm.services import http_status
+
+    return http_status(url, timeout_s=5.0) is not None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -400,6 +426,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"train_model: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    tracking_uri = settings_mod.get().tracking_uri
+    if tracking_uri.startswith("http") and not _reachable(f"{tracking_uri}/health"):
+        # Found now, not after minutes of Spark work and MLflow's own retries.
+        print(f"train_model: error: MLflow at {tracking_uri} does not answer "
+              "(`patternalarm up`, or set PATTERNALARM_MLFLOW_TRACKING_URI)", file=sys.stderr)
+        return 1
 
     from pyspark.sql import SparkSession
 
