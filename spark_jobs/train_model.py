@@ -445,6 +445,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             df, features = load_file(spark, spec), spec.features
             source_params = {"input": spec.path, "label_column": spec.label,
                              "time_column": spec.time_col or "(row order)"}
+            # A timestamp column not named event_time would otherwise pass silently as a
+            # feature: say what was chosen.
+            log.info("features %s; time order from %s", features,
+                     spec.time_col or "the file's row order (no --time-col)")
         else:
             from models.features import FEATURES
 
