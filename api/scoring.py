@@ -16,7 +16,7 @@ from api.schemas import PredictRequest
 from models import explain
 from models import features as feature_engines
 from models.local_scorer import LocalScorer
-from patternalarm.settings import DOMAINS, Settings
+from patternalarm.settings import DOMAINS, Settings, model_name
 
 if TYPE_CHECKING:
     from models.registry import ChampionScorer
@@ -24,16 +24,11 @@ if TYPE_CHECKING:
 TOP_FEATURES = 3
 
 
-def registered_model_name(domain: str) -> str:
-    """The MLflow registered model of a domain: the one naming convention of every layer."""
-    return f"patternalarm-{domain}"
-
-
 class NoChampion(LookupError):
     """A domain has no model with the `champion` alias yet; answered with 503."""
 
     def __init__(self, domain: str, reason: str = ""):
-        name = registered_model_name(domain)
+        name = model_name(domain)
         super().__init__(
             f"no champion model for {domain!r} yet ({name} has no `champion` alias"
             f"{': ' + reason if reason else ''}). Train and promote one: "
@@ -160,7 +155,7 @@ class ModelProvider:
         # client asked: without this it would look in a local ./mlflow.db.
         mlflow.set_tracking_uri(self._tracking_uri)
         try:
-            champion = ChampionScorer(registered_model_name(domain),
+            champion = ChampionScorer(model_name(domain),
                                       refresh_interval_s=self.REFRESH_S,
                                       client=client_for(self._tracking_uri))
         except MlflowException as exc:

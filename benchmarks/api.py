@@ -26,10 +26,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from api.scoring import registered_model_name  # noqa: E402
 from benchmarks import scoring  # noqa: E402
 from patternalarm import secrets, settings  # noqa: E402
 from patternalarm.services import api_spec  # noqa: E402
+from patternalarm.settings import model_name  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 DOMAIN = "payments"
@@ -54,7 +54,7 @@ def promote(model_path: Path, tracking_uri: str, artifacts: Path) -> str:
 
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.create_experiment("bench-api", artifact_location=artifacts.as_uri())
-    name = registered_model_name(DOMAIN)
+    name = model_name(DOMAIN)
     with mlflow.start_run(experiment_id=experiment):
         info = mlflow.spark.log_model(PipelineModel.load(str(model_path)), "model",
                                       registered_model_name=name,

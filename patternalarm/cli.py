@@ -98,18 +98,100 @@ def cmd_train(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
     import os
     import subprocess
 
-    from patternalarm import java
-    from patternalarm.services import VENV_BIN
+    from patternalarm.services import spark_submit
 
-    argv = [str(VENV_BIN / "spark-submit"), "--master", cfg.spark_master,
-            "--conf", "spark.ui.showConsoleProgress=false",
-            str(settings_mod.PROJECT_ROOT / "spark_jobs" / "train_model.py"), *args.job_args]
-    # Workers must run this interpreter, and Spark binds where the hostname resolves unless
-    # told; the settings themselves reach the job through the inherited environment.
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable,
-           "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_LOCAL_IP": cfg.bind_host,
-           "JAVA_HOME": str(java.find(cfg)), "GX_ANALYTICS_ENABLED": "false"}
-    return subprocess.run(argv, env=env).returncode
+    argv, env = spark_submit(cfg, "spark_jobs/train_model.py", *args.job_args)
+    return subprocess.run(argv, env={**os.environ, **env}).returncode
+
+
+def cmd_stream(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
+    """Start, stop or inspect the streaming job (spark-submit streaming/job.py)."""
+    from patternalarm.services import stream_spec
+    from patternalarm.supervisor import Supervisor
+
+    supervisor = Supervisor(cfg.var_dir)
+    if args.action == "stop":
+        stopped = supervisor.stop(stream_spec(cfg), timeout_s=60)
+        print("stream stopped" if stopped else "stream was not running")
+        return 0
+    if args.action == "start":
+        spec = stream_spec(cfg, "--domains", args.domains, "--query-name", args.query_name)
+        started = supervisor.start(spec)
+        print(("stream started" if started else "stream already running")
+              + f": pid {supervisor.process('stream').pid}, log {supervisor.log_path('stream')},"
+              f" {spec.url}")
+        return 0
+    return _stream_status(cfg, supervisor, args.query_name)
+
+
+def _stream_status(cfg: settings_mod.Settings, supervisor, query_name: str) -> int:
+    import contextlib
+
+    from patternalarm import db
+
+    proc = supervisor.process("stream")
+    print(f"stream: {'running, pid ' + str(proc.pid) if proc else 'not running'}")
+    with contextlib.closing(db.connect(cfg)) as conn, conn.cursor() as cur:
+        cur.execute("""SELECT batch_id, recorded_at, input_rows, processing_ms,
+                              event_latency_p50_ms, event_latency_p99_ms, lag_total,
+                              dead_lettered, model_versions
+                       FROM stream_metrics WHERE query_name = %s
+                       ORDER BY batch_id DESC LIMIT 1""", (query_name,))
+        last = cur.fetchone()
+    if last:
+        names = ("batch", "at", "rows", "processing_ms", "latency_p50_ms", "latency_p99_ms",
+                 "lag", "dead_lettered", "models")
+        print("last batch: " + ", ".join(f"{n}={v}" for n, v in zip(names, last, strict=True)))
+    return 0 if proc else 1
+
+
+def cmd_demo(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
+    """The whole pipeline on the embedded services: models, stream, traffic; then where to look."""
+    import os
+    import subprocess
+
+    from patternalarm.services import (
+        VENV_BIN,
+        ProcessSpec,
+        Stack,
+        has_champion,
+        stream_spec,
+    )
+    from patternalarm.supervisor import Supervisor
+
+    Stack(cfg).up()
+    for domain in settings_mod.DOMAINS:
+        if has_champion(cfg, domain):
+            print(f"{domain}: champion model already registered")
+            continue
+        print(f"{domain}: training the bootstrap model (Spark MLlib, ~1 min)...", flush=True)
+        code = cmd_train(cfg, argparse.Namespace(job_args=[
+            "--source", "bootstrap", "--domain", domain, "--promote"]))
+        if code != 0:
+            print(f"training {domain} failed (exit {code}); the stream runs rules only",
+                  file=sys.stderr)
+    supervisor = Supervisor(cfg.var_dir)
+    supervisor.start(stream_spec(cfg))
+    traffic = ProcessSpec(
+        name="generator", env={**os.environ},
+        argv=[str(VENV_BIN / "patternalarm"), "generate", "--domain",
+              ",".join(settings_mod.DOMAINS), "--mode", "NORMAL", "--duration",
+              str(args.minutes * 60), "--json"])
+    supervisor.stop(traffic)
+    supervisor.start(traffic)
+    subprocess.run([str(VENV_BIN / "patternalarm"), "status"])
+    print(f"""
+Pipeline running: generator at NORMAL (10K events/min per domain) for {args.minutes} min,
+streaming job, champion models.
+  dashboard     http://{cfg.bind_host}:{cfg.api_port}/
+  Airflow       http://{cfg.bind_host}:{cfg.airflow_port}/   (login above)
+  MLflow        {cfg.tracking_uri}/#/models
+  Spark UI      http://127.0.0.1:4040/  (streaming job)
+  incidents     GET http://{cfg.bind_host}:{cfg.api_port}/incidents with header X-API-Key
+                (the api_key in {cfg.var_dir / 'secrets.json'})
+  stream        patternalarm stream status   (logs: {supervisor.log_path('stream')})
+Stop with `make down`.""")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,13 +216,22 @@ def build_parser() -> argparse.ArgumentParser:
                            "(spark-submit; `train --help` for its options)",
                            add_help=False, prefix_chars="+")
     train.add_argument("job_args", nargs=argparse.REMAINDER)
+    demo = sub.add_parser("demo", help="up, bootstrap models, stream, NORMAL traffic")
+    demo.add_argument("--minutes", type=int, default=15,
+                      help="minutes of traffic (the in-memory broker keeps every event)")
+    stream = sub.add_parser("stream", help="start | stop | status of the streaming job")
+    stream.add_argument("action", choices=("start", "stop", "status"))
+    stream.add_argument("--domains", default=",".join(settings_mod.DOMAINS),
+                        help="comma-separated domains (start)")
+    stream.add_argument("--query-name", default="detector",
+                        help="checkpoint and ledger name (default: detector)")
     generate_cli.add_parser(sub)
     return parser
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "config": cmd_config,
             "migrate": cmd_migrate, "api": cmd_api, "generate": cmd_generate,
-            "train": cmd_train}
+            "train": cmd_train, "stream": cmd_stream, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

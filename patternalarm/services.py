@@ -16,13 +16,14 @@ import sys
 import tempfile
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from patternalarm import db, java, kafka, secrets
-from patternalarm.settings import PROJECT_ROOT, Settings, env_key, mask_url
+from patternalarm.settings import PROJECT_ROOT, Settings, env_key, mask_url, model_name
 from patternalarm.supervisor import ProcessSpec, ServiceError, Status, Supervisor
 
 VENV_BIN = Path(sys.executable).parent
@@ -317,6 +318,39 @@ def api_spec(settings: Settings) -> ProcessSpec:
     )
 
 
+# --- Spark jobs ----------------------------------------------------------------------------
+
+def spark_submit(settings: Settings, script: str, *args: str) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of `spark-submit <repo>/<script> args` on the configured master.
+
+    Workers must run this interpreter, and Spark binds where the hostname resolves unless told;
+    the PatternAlarm settings reach the job through the inherited environment.
+    """
+    argv = [str(VENV_BIN / "spark-submit"), "--master", settings.spark_master,
+            "--conf", "spark.ui.showConsoleProgress=false", str(PROJECT_ROOT / script), *args]
+    env = {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
+           "SPARK_LOCAL_IP": settings.bind_host, "JAVA_HOME": str(java.find(settings)),
+           "GX_ANALYTICS_ENABLED": "false", env_key("var_dir"): str(settings.var_dir)}
+    return argv, env
+
+
+def has_champion(settings: Settings, domain: str) -> bool:
+    """Whether patternalarm-<domain> has a `champion` version (MLflow REST, no client import)."""
+    query = urllib.parse.urlencode({"name": model_name(domain), "alias": "champion"})
+    return http_ok(f"{settings.tracking_uri}/api/2.0/mlflow/registered-models/alias?{query}")
+
+
+def stream_spec(settings: Settings, *job_args: str) -> ProcessSpec:
+    argv, env = spark_submit(settings, "streaming/job.py", *job_args)
+    return ProcessSpec(
+        name="stream", argv=argv, env=env,
+        # The job stops its query on SIGTERM; the checkpoint and the batch ledger stay
+        # consistent whatever micro-batch it abandons.
+        stop_signal=signal.SIGTERM,
+        url="Spark UI http://127.0.0.1:4040 (while running)",
+    )
+
+
 # --- the stack -----------------------------------------------------------------------------
 
 @dataclass
@@ -397,7 +431,7 @@ class Stack:
 
     def down(self) -> list[str]:
         stopped = []
-        for spec in reversed(self.specs()):
+        for spec in [stream_spec(self.settings), *reversed(self.specs())]:
             if self.supervisor.stop(spec):
                 stopped.append(spec.name)
         return stopped

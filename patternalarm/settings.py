@@ -145,6 +145,11 @@ class Settings(BaseSettings):
         return self.mlflow_tracking_uri or f"http://{self.bind_host}:{self.mlflow_port}"
 
 
+def model_name(domain: str) -> str:
+    """The registered MLflow model of a domain: one per domain, promoted by alias."""
+    return f"patternalarm-{domain}"
+
+
 def env_key(field: str) -> str:
     return ENV_PREFIX + field.upper()
 

@@ -80,7 +80,19 @@ $unexpected"
   echo "$want" > "$stamp"
 }
 
+ensure_chromium() {
+  # Only the dashboard's browser test needs it (headless, from the OS packages).
+  command -v chromium >/dev/null 2>&1 && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing chromium for the dashboard's browser test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    return
+  fi
+  echo "setup: chromium not found; the dashboard's browser test will fail until it is installed (Debian/Ubuntu: apt-get install chromium)" >&2
+}
+
 ensure_venv
 ensure_tansu
 ensure_java
+ensure_chromium
 say "setup done: $(du -sh "$VENV" | cut -f1) in $VENV"

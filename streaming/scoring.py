@@ -17,15 +17,12 @@ from dataclasses import dataclass
 import pandas as pd
 
 from models.features import FEATURES
+from patternalarm.settings import model_name
 
 log = logging.getLogger(__name__)
 
 SCORED = ("domain string, entity_id string, event_id string, event_time long, "
           "broker_time long, score double, top_features string")
-
-
-def model_name(domain: str) -> str:
-    return f"patternalarm-{domain}"
 
 
 @dataclass(frozen=True)

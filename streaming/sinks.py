@@ -226,7 +226,8 @@ class BatchSink:
                         evidence={**json.loads(row.evidence), "event_id": row.event_id})
 
     def _model_incidents(self, features, champions) -> list[Incident]:
-        from streaming.scoring import SCORED, model_name, score_frames
+        from patternalarm.settings import model_name
+        from streaming.scoring import SCORED, score_frames
 
         if self.cfg.stream_scorer == "spark":
             hits = self._spark_scores(features, champions)

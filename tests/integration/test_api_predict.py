@@ -14,11 +14,11 @@ from pyspark.ml.classification import GBTClassifier, RandomForestClassifier
 from pyspark.ml.feature import VectorAssembler
 from pyspark.ml.functions import vector_to_array
 
-from api.scoring import registered_model_name
 from models import explain
 from models.features import FEATURES, compute
 from models.local_scorer import compile_model
 from patternalarm import secrets
+from patternalarm.settings import model_name
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -50,7 +50,7 @@ def champion(stack, spark, tmp_path_factory):
     model = pipeline.fit(spark.createDataFrame(feature_rows(3_000, 1)))
     model.write().overwrite().save(str(path))
     mlflow.set_tracking_uri(stack.tracking_uri)
-    name = registered_model_name(DOMAIN)
+    name = model_name(DOMAIN)
     with mlflow.start_run():
         info = mlflow.spark.log_model(model, "model", registered_model_name=name,
                                       pip_requirements=["pyspark==4.3.0"])
