@@ -94,12 +94,15 @@ class LocalScorer:
         skipped = self._check_invalid(x)
         leaves = self._leaves(x)
         if self.kind == "gbt":
-            margin = self.leaf_value[0].take(leaves).T @ self.tree_weights
+            # Summed in tree order, not by BLAS (whose order depends on the batch shape): a
+            # row scores the same alone or in any batch.
+            weighted = self.leaf_value[0].take(leaves) * self.tree_weights[:, None]
+            margin = np.cumsum(weighted, axis=0)[-1]
             p0 = 1.0 / (1.0 + np.exp(2.0 * margin))
             p1 = 1.0 - p0
             default_label = margin > 0.0
         else:
-            # cumsum adds trees strictly in order, as Spark's loop does.
+            # Trees added strictly in order, as Spark's loop does.
             votes0 = np.cumsum(self.leaf_value[0].take(leaves), axis=0)[-1]
             votes1 = np.cumsum(self.leaf_value[1].take(leaves), axis=0)[-1]
             total = votes0 + votes1
@@ -169,12 +172,14 @@ class LocalScorer:
     def _leaves(self, x: np.ndarray) -> np.ndarray:
         """Leaf slot per (tree, row): all rows descend all trees one level per step."""
         n = len(x)
-        # Feature-major values: feature f of row r at f * n + r.
+        # Feature-major values: feature f of row r at f * n + r; a lone row (the API's case)
+        # skips that arithmetic.
         columns = np.ascontiguousarray(x.T).ravel()
         rows = np.arange(n)
         slot = np.repeat(self._root, n, axis=1)
         for _ in range(self.depth):
-            values = columns.take(self.feature.take(slot) * n + rows)
+            index = self.feature.take(slot)
+            values = columns.take(index if n == 1 else index * n + rows)
             go_left = values <= self.threshold.take(slot)
             if len(self.cat_left):
                 cat = self.cat_slot.take(slot)

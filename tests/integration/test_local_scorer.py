@@ -118,6 +118,9 @@ def test_local_scorer_equals_spark(which, spark, request):
     assert diff.max() <= TOLERANCE
     np.testing.assert_array_equal(label, expected["prediction"].to_numpy() == 1.0)
     assert 0 < label.sum() < len(label), "both classes should be predicted"
+    # One row at a time (the API's path) gives the batch's numbers exactly.
+    singles = [scorer.predict_proba(rows.iloc[[i]])[0] for i in range(0, len(rows), 25)]
+    np.testing.assert_array_equal(singles, p1[::25])
 
 
 def test_spark_thresholds_param_decides_labels(spark, gbt_path, tmp_path):
