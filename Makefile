@@ -27,8 +27,8 @@ status: ## health, pid, memory and URL of each service
 	@$(BIN)/patternalarm status
 
 .PHONY: demo
-demo: setup ## bring the whole system up and print where to look
-	@$(BIN)/patternalarm up
+demo: setup ## whole pipeline: services, bootstrap models, stream, NORMAL traffic; prints URLs
+	@$(BIN)/patternalarm demo
 
 .PHONY: test
 test: setup ## all tests: unit, DAG integrity, integration on real services
