@@ -246,10 +246,15 @@ def _as_double(name: str):
     return F.when(F.isnan(value), None).otherwise(value).alias(name)
 
 
-def load_domain_source(spark, args: argparse.Namespace):
+def load_domain_source(spark, args: argparse.Namespace, features: list[str]):
+    """Lake or bootstrap rows, typed like a file's: features double, label double, time long."""
+    from pyspark.sql import functions as F
+
     from models import training_data
 
-    return training_data.load_training_set(spark, args.source, args.domain, args)
+    df = training_data.load_training_set(spark, args.source, args.domain, args)
+    return df.select(*[_as_double(name) for name in features],
+                     F.col("label").cast("double"), F.col(TIME).cast("long"))
 
 
 # --- the job ------------------------------------------------------------------------------------
@@ -452,8 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             from models.features import FEATURES
 
-            df = load_domain_source(spark, args)
             features = args.features or list(FEATURES[args.domain])
+            df = load_domain_source(spark, args, features)
             source_params = {"source": args.source, "domain": args.domain}
         summary = train(spark, args, df, features, source_params)
     except DataRejected as exc:
