@@ -36,9 +36,11 @@ def client_for(tracking_uri: str | None = None) -> MlflowClient:
 def compile_version(client: MlflowClient, version: ModelVersion) -> LocalScorer:
     """Download one model version's artifacts and compile its Spark model; nothing is kept."""
     with tempfile.TemporaryDirectory(prefix="pa-model-") as tmp:
+        # The version's own artifact location, not a models:/ URI: that one resolves through
+        # the process-wide registry URI, whatever server this client talks to.
+        source = client.get_model_version_download_uri(version.name, version.version)
         local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{version.name}/{version.version}", dst_path=tmp,
-            tracking_uri=client.tracking_uri))
+            artifact_uri=source, dst_path=tmp, tracking_uri=client.tracking_uri))
         flavors = Model.load(local / "MLmodel").flavors
         if "spark" not in flavors:
             raise ValueError(f"{version.name} v{version.version} has no spark flavor "

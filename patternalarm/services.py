@@ -312,7 +312,8 @@ def api_spec(settings: Settings) -> ProcessSpec:
               "--port", str(settings.api_port), "--no-access-log"],
         ports={settings.api_port: env_key("api_port")},
         # The API must read the same settings (and so the same secrets) as the CLI.
-        env={env_key("var_dir"): str(settings.var_dir)},
+        env={env_key("var_dir"): str(settings.var_dir),
+             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"},
         healthy=lambda: http_ok(f"{url}/health"),
         url=url,
     )
@@ -330,7 +331,8 @@ def spark_submit(settings: Settings, script: str, *args: str) -> tuple[list[str]
             "--conf", "spark.ui.showConsoleProgress=false", str(PROJECT_ROOT / script), *args]
     env = {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
            "SPARK_LOCAL_IP": settings.bind_host, "JAVA_HOME": str(java.find(settings)),
-           "GX_ANALYTICS_ENABLED": "false", env_key("var_dir"): str(settings.var_dir)}
+           "GX_ANALYTICS_ENABLED": "false", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+           env_key("var_dir"): str(settings.var_dir)}
     return argv, env
 
 
