@@ -28,7 +28,7 @@ def _ewma(old: float | None, value: float, alpha: float) -> float:
 
 
 def _trim(window: list, now_ms: int, span_ms: int, cap: int) -> None:
-    """Drop entries older than span (entries are lists whose first item is a time)."""
+    """Keep the newest `cap` entries younger than `span_ms` (each a list starting with a time)."""
     cut = now_ms - span_ms
     drop = 0
     while drop < len(window) and window[drop][0] < cut:
@@ -54,7 +54,6 @@ _HOUR_MS = 3_600_000
 def _payments(state: State, t: int, amount: float, country: str | None, merchant: str | None,
               lat: float | None, lon: float | None, channel: str | None) -> list[float]:
     recent = state.setdefault("recent", [])  # [t, small charge?, country, merchant]
-    _trim(recent, t, _HOUR_MS, cap=300)
     last_t = state.get("last_t")
     gap_s = (t - last_t) / 1000.0 if last_t is not None else 86_400.0
     seen = state.get("n", 0)
@@ -74,6 +73,7 @@ def _payments(state: State, t: int, amount: float, country: str | None, merchant
     # Small for this card: a card that always spends little is not testing itself.
     small = amount < SMALL_CHARGE and (typical is None or amount < 0.3 * typical)
     recent.append([t, small, country or "", merchant or ""])
+    _trim(recent, t, _HOUR_MS, cap=300)
     count_1m = count_10m = small_5m = 0
     countries: set[str] = set()
     merchants_10m: set[str] = set()
@@ -120,11 +120,6 @@ def _gaming(state: State, t: int, action: str, speed: float | None, reaction: fl
     shots = state.setdefault("shots", [])    # [t, hit, headshot, reaction]
     moves = state.setdefault("moves", [])    # [t, speed]
     loot = state.setdefault("loot", [])      # [t, gain]
-    # Two minutes: long enough for a burst of aimed shots, short enough that an episode's
-    # shots stop colouring the player's ordinary play soon after it ends.
-    _trim(shots, t, 120_000, cap=_SHOTS)
-    _trim(moves, t, 60_000, cap=30)
-    _trim(loot, t, 60_000, cap=100)
     last_t = state.get("last_t")
     gap_s = (t - last_t) / 1000.0 if last_t is not None else 86_400.0
     if action == "shoot":
@@ -133,6 +128,11 @@ def _gaming(state: State, t: int, action: str, speed: float | None, reaction: fl
         moves.append([t, speed or 0.0])
     elif action == "loot":
         loot.append([t, gain or 0.0])
+    # Two minutes of shots: long enough for a burst of aimed shots, short enough that an
+    # episode's shots stop colouring the player's ordinary play soon after it ends.
+    _trim(shots, t, 120_000, cap=_SHOTS)
+    _trim(moves, t, 60_000, cap=30)
+    _trim(loot, t, 60_000, cap=100)
     n_shots = len(shots)
     hits = sum(s[1] for s in shots)
     hit_rate = hits / n_shots if n_shots else 0.0

@@ -83,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from models.spark import get_spark
 
-    spark = get_spark("patternalarm-stream", ui=True, shuffle_partitions=cfg.stream_buckets)
+    # Few shuffle partitions: each runs a Python stateful task per micro-batch, a fixed cost;
+    # the buckets (the state groups) spread across them. Fixed for a checkpoint once it exists.
+    spark = get_spark("patternalarm-stream", ui=True, shuffle_partitions=4)
     spark.conf.set("spark.sql.streaming.stateStore.providerClass",
                    "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
     query, sink = build_query(spark, cfg, args)

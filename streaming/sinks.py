@@ -179,6 +179,9 @@ class BatchSink:
         started = time.monotonic()
         conn = self._connection()
         if already_committed(conn, self.query_name, batch_id):
+            # Our side effects are in Postgres already; the stateful step must still run, or
+            # its state store would lack this batch's version and the next batch would fail.
+            batch.write.format("noop").mode("overwrite").save()
             log.info(json.dumps({"event": "batch_replayed_skipped", "batch_id": batch_id}))
             return
         batch = batch.persist()

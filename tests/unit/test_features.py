@@ -123,3 +123,10 @@ def test_iot_drift_grows_as_the_level_walks_away():
 def test_fold_rejects_misaligned_columns():
     with pytest.raises(ValueError):
         fold("iot", {}, ["d1", "d1"], [T0, T0 + 1], [[1.0], [None, None]])
+
+
+def test_windows_hold_at_most_their_cap():
+    shots = pd.DataFrame([dict(event_id=f"e{i}", entity_id="p1", event_time=T0 + i * 1_000,
+                               action="shoot", hit=True, headshot=False, reaction_ms=250.0,
+                               speed=None, resource_gain=None) for i in range(40)])
+    assert compute("gaming", shots)["shots_window"].max() == 20
