@@ -1,0 +1,105 @@
+"""What a run did, read back from Postgres: the stream's per-batch metrics after a point in time.
+
+A run's traffic is everything the query processed after the baseline (`since`), when the stream
+had caught up and gone quiet (StreamJob.wait_idle). Other producers writing to the same topics
+during the run would be counted as the run's: load and chaos runs want the stream to
+themselves, and say so in their docs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from patternalarm import db
+from patternalarm.settings import Settings
+
+
+@dataclass(frozen=True)
+class Processed:
+    rows: int            # events and dead letters the sink committed (each batch once)
+    late: int            # events the watermark dropped (counted, not processed)
+    dead_lettered: int
+    batches: int
+    last_lag: int | None
+
+    @property
+    def accounted(self) -> int:
+        """Messages the stream accounted for, one way or another."""
+        return self.rows + self.late
+
+
+def processed_since(cfg: Settings, query: str, since: datetime) -> Processed:
+    with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
+        cur.execute("""SELECT coalesce(sum(input_rows), 0), coalesce(sum(late_events), 0),
+                              coalesce(sum(dead_lettered), 0), count(*),
+                              (array_agg(lag_total ORDER BY batch_id DESC))[1]
+                       FROM stream_metrics WHERE query_name = %s AND recorded_at > %s""",
+                    (query, since))
+        return Processed(*cur.fetchone())
+
+
+def wait_drained(cfg: Settings, query: str, since: datetime, expected: int,
+                 timeout_s: float, quiet_s: float = 15.0) -> Processed:
+    """Until the stream accounted for `expected` messages with no lag left; or, when some never
+    arrive (lost), until nothing changed for `quiet_s`; or until the timeout."""
+    deadline = time.monotonic() + timeout_s
+    seen, since_change = None, time.monotonic()
+    while True:
+        now = processed_since(cfg, query, since)
+        if now.accounted >= expected and not now.last_lag:
+            return now
+        if now != seen:
+            seen, since_change = now, time.monotonic()
+        elif time.monotonic() - since_change >= quiet_s and not now.last_lag:
+            return now
+        if time.monotonic() > deadline:
+            return now
+        time.sleep(1.0)
+
+
+def first_batch_after(cfg: Settings, query: str, after: datetime,
+                      max_lag: int | None = None) -> datetime | None:
+    """When the first batch with rows (and, given max_lag, lag at most that) committed."""
+    with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
+        cur.execute("""SELECT min(recorded_at) FROM stream_metrics
+                       WHERE query_name = %s AND recorded_at > %s AND input_rows > 0
+                         AND (%s::bigint IS NULL OR lag_total <= %s::bigint)""",
+                    (query, after, max_lag, max_lag))
+        return cur.fetchone()[0]
+
+
+def batches_since(cfg: Settings, query: str, since: datetime) -> list[tuple]:
+    """(recorded_at, input_rows, lag_total, latency p50 ms, latency p99 ms) per batch."""
+    with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
+        cur.execute("""SELECT recorded_at, input_rows, lag_total, event_latency_p50_ms,
+                              event_latency_p99_ms
+                       FROM stream_metrics WHERE query_name = %s AND recorded_at > %s
+                       ORDER BY batch_id""", (query, since))
+        return cur.fetchall()
+
+
+def incident_latency_ms(cfg: Settings, domains: list[str], since: datetime
+                        ) -> tuple[float | None, float | None, int]:
+    """p50, p99 of event-to-incident latency and the incident count since `since`.
+
+    A new incident row is written by the batch that detected it: detected_at minus the time of
+    its triggering event is the latency. Rows that only merged into older incidents do not
+    count (their detected_at is the first detection's).
+    """
+    with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
+        cur.execute("""SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),
+                              percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), count(*)
+                       FROM (SELECT extract(epoch FROM detected_at - first_event_time) * 1000
+                                    AS ms
+                             FROM incidents WHERE domain = ANY(%s) AND detected_at > %s) x""",
+                    (domains, since))
+        return cur.fetchone()
+
+
+def incidents_touched(cfg: Settings, since: datetime) -> int:
+    with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM incidents WHERE last_seen_at > %s", (since,))
+        return cur.fetchone()[0]
