@@ -51,13 +51,18 @@ def generate(env: dict, per_min_total: float, seconds: float, past: bool = False
     return json.loads(out.stdout)
 
 
+def own_topics(letter: str):
+    """Topics of a fresh prefix and the environment pointing a job or generator at them."""
+    prefix = f"{letter}{uuid.uuid4().hex[:8]}"
+    cfg = settings_mod.load(topic_prefix=prefix)
+    kafka.ensure_topics(cfg, cfg.all_topics, cfg.topic_partitions)
+    return cfg, {**os.environ, "PATTERNALARM_TOPIC_PREFIX": prefix,
+                 "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": cfg.bind_host}
+
+
 def stream_step(cfg, per_min: float, seconds: float) -> dict:
-    prefix = f"b{uuid.uuid4().hex[:8]}"
-    step_cfg = settings_mod.load(topic_prefix=prefix)
-    kafka.ensure_topics(step_cfg, step_cfg.all_topics, step_cfg.topic_partitions)
-    env = {**os.environ, "PATTERNALARM_TOPIC_PREFIX": prefix, "PYSPARK_PYTHON": sys.executable,
-           "SPARK_LOCAL_IP": cfg.bind_host}
-    query = f"bench-{prefix}"
+    step_cfg, env = own_topics("b")
+    query = f"bench-{step_cfg.topic_prefix}"
     log = open(cfg.var_dir / "log" / f"{query}.log", "wb")  # noqa: SIM115 (lives with the job)
     job = subprocess.Popen(
         [str(BIN / "spark-submit"), "--master", "local[2]", str(ROOT / "streaming/job.py"),
@@ -129,10 +134,8 @@ def _rows(cfg, sql: str, *params) -> list[tuple]:
 
 def baseline(cfg, per_min: float, seconds: float) -> dict:
     """A plain consumer loop: parse, fold features, rules, score, commit — on a backlog."""
-    prefix = f"p{uuid.uuid4().hex[:8]}"
-    step_cfg = settings_mod.load(topic_prefix=prefix)
-    kafka.ensure_topics(step_cfg, step_cfg.all_topics, step_cfg.topic_partitions)
-    env = {**os.environ, "PATTERNALARM_TOPIC_PREFIX": prefix}
+    step_cfg, env = own_topics("p")
+    prefix = step_cfg.topic_prefix
     summary = generate(env, per_min, seconds, past=True)
     topics = {step_cfg.events_topic(d): d for d in DOMAINS}
     contracts = {t: contract(d) for t, d in topics.items()}
@@ -198,13 +201,9 @@ def _champions(cfg) -> dict:
 
 def stream_backlog(cfg, per_min: float, seconds: float) -> dict:
     """The streaming job draining the same backlog as the baseline (--available-now)."""
-    prefix = f"s{uuid.uuid4().hex[:8]}"
-    step_cfg = settings_mod.load(topic_prefix=prefix)
-    kafka.ensure_topics(step_cfg, step_cfg.all_topics, step_cfg.topic_partitions)
-    env = {**os.environ, "PATTERNALARM_TOPIC_PREFIX": prefix, "PYSPARK_PYTHON": sys.executable,
-           "SPARK_LOCAL_IP": cfg.bind_host}
+    step_cfg, env = own_topics("s")
     summary = generate(env, per_min, seconds, past=True)
-    query = f"bench-backlog-{prefix}"
+    query = f"bench-backlog-{step_cfg.topic_prefix}"
     subprocess.run([str(BIN / "spark-submit"), "--master", "local[2]",
                     str(ROOT / "streaming/job.py"), "--query-name", query, "--available-now"],
                    env=env, capture_output=True, check=True)

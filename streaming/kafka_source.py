@@ -252,26 +252,18 @@ def kafka_stream(spark, servers: str, topics: list[str], *, native: bool = False
     classpath (e.g. `--packages org.apache.spark:spark-sql-kafka-0-10_2.13:<spark version>`)
     and keeps a fixed maxOffsetsPerTrigger (no adaptive cap).
     """
-    if native:
-        reader = (spark.readStream.format("kafka")
-                  .option("kafka.bootstrap.servers", servers)
-                  .option("subscribe", ",".join(topics))
-                  .option("startingOffsets", starting_offsets))
-        if group_id:
-            reader = reader.option("kafka.group.id", group_id)
-        if max_offsets_per_trigger:
-            reader = reader.option("maxOffsetsPerTrigger", str(max_offsets_per_trigger))
-        return reader.load().select("key", "value", "topic", "partition", "offset", "timestamp",
-                                    "timestampType")
-    spark.dataSource.register(KafkaDataSource)
-    reader = (spark.readStream.format("pa_kafka")
-              .option("kafka.bootstrap.servers", servers)
-              .option("subscribe", ",".join(topics))
-              .option("startingOffsets", starting_offsets))
+    options = {"kafka.bootstrap.servers": servers, "subscribe": ",".join(topics),
+               "startingOffsets": starting_offsets}
     if group_id:
-        reader = reader.option("group.id", group_id)
+        options["kafka.group.id" if native else "group.id"] = group_id
     if max_offsets_per_trigger:
-        reader = reader.option("maxOffsetsPerTrigger", str(max_offsets_per_trigger))
-    if cap_file:
-        reader = reader.option("capFile", cap_file)
-    return reader.load()
+        options["maxOffsetsPerTrigger"] = str(max_offsets_per_trigger)
+    if native:
+        source = "kafka"
+    else:
+        spark.dataSource.register(KafkaDataSource)
+        source = "pa_kafka"
+        if cap_file:
+            options["capFile"] = cap_file
+    columns = [c.split()[0] for c in SCHEMA.split(", ")]
+    return spark.readStream.format(source).options(**options).load().select(*columns)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -82,3 +84,27 @@ def produce_in_batches(cfg, topic: str, n: int) -> dict[int, int]:
         producer.produce(topic, key=f"entity-{i % 37}", value=b"{}", on_delivery=on_delivery)
     assert producer.flush(30) == 0
     return acked
+
+
+@pytest.fixture
+def clean_settings_env(monkeypatch, tmp_path):
+    """Defaults only: no PATTERNALARM_* from the shell, the test stack or a developer's .env,
+    and a var dir of the test's own."""
+    for key in [k for k in os.environ if k.startswith(settings_mod.ENV_PREFIX)]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(env_key("var_dir"), str(tmp_path / "var"))
+    settings_mod.get.cache_clear()
+    yield
+    settings_mod.get.cache_clear()
+
+
+def own_topics(letter: str) -> tuple[Settings, dict[str, str]]:
+    """Topics of a fresh prefix, created, with the environment that points a job or a
+    generator run at them: a test's events never mix with another's."""
+    prefix = f"{letter}{uuid.uuid4().hex[:8]}"
+    cfg = settings_mod.load(topic_prefix=prefix)
+    kafka.ensure_topics(cfg, cfg.all_topics, cfg.topic_partitions)
+    env = {**os.environ, env_key("topic_prefix"): prefix, "PYSPARK_PYTHON": sys.executable,
+           "SPARK_LOCAL_IP": cfg.bind_host}
+    return cfg, env

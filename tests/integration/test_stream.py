@@ -11,14 +11,14 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from patternalarm import db, kafka
 from patternalarm.quality import detection_quality
-from patternalarm.settings import DOMAINS, PROJECT_ROOT, load
+from patternalarm.settings import DOMAINS, PROJECT_ROOT
+from tests.conftest import own_topics
 
 pytestmark = pytest.mark.integration
 
@@ -30,11 +30,7 @@ VENV_BIN = os.path.dirname(sys.executable)
 @pytest.fixture(scope="module")
 def run(stack):
     """Topics of its own (a fresh prefix), one generator run, one job run."""
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "PATTERNALARM_TOPIC_PREFIX": prefix,
-           "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
-    cfg = load(topic_prefix=prefix)
-    kafka.ensure_topics(cfg, cfg.all_topics, cfg.topic_partitions)
+    cfg, env = own_topics("t")
     start = datetime.now(UTC) - timedelta(minutes=MINUTES + 1)
     generated = subprocess.run(
         [f"{VENV_BIN}/patternalarm", "generate", "--domain", ",".join(DOMAINS),
@@ -44,7 +40,7 @@ def run(stack):
         env=env, capture_output=True, text=True, timeout=600)
     assert generated.returncode == 0, generated.stderr[-3000:]
     summary = json.loads(generated.stdout)
-    query = f"accept-{prefix}"
+    query = f"accept-{cfg.topic_prefix}"
     job = subprocess.run(
         [f"{VENV_BIN}/spark-submit", "--master", "local[2]",
          str(PROJECT_ROOT / "streaming" / "job.py"), "--available-now", "--query-name", query],
@@ -73,7 +69,8 @@ def test_incidents_match_injected_episodes(run):
             conn, [summary["run_id"]], list(DOMAINS), since=run["start"] + WARMUP,
             until=run["start"] + timedelta(minutes=MINUTES))
     report = {d: q.as_dict() for d, q in quality.items()}
-    for domain, q in quality.items():
+    assert set(quality) == set(DOMAINS)
+    for q in quality.values():
         assert q.episodes >= 15, report
         assert q.recall >= 0.95, report
         assert q.precision >= 0.90, report

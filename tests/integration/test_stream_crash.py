@@ -8,15 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import psutil
 import pytest
 
-from patternalarm import db, kafka
-from patternalarm.settings import PROJECT_ROOT, load
-from tests.conftest import wait_until
+from patternalarm import db
+from patternalarm.settings import PROJECT_ROOT
+from tests.conftest import own_topics, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -52,11 +51,8 @@ def batches(cfg, query: str) -> int:
 
 
 def test_kill_9_of_the_driver_loses_and_duplicates_nothing(stack):
-    prefix = f"k{uuid.uuid4().hex[:8]}"
-    cfg = load(topic_prefix=prefix)
-    env = {**os.environ, "PATTERNALARM_TOPIC_PREFIX": prefix, "PYSPARK_PYTHON": sys.executable,
-           "SPARK_LOCAL_IP": "127.0.0.1"}
-    kafka.ensure_topics(cfg, cfg.all_topics, cfg.topic_partitions)
+    cfg, env = own_topics("k")
+    prefix = cfg.topic_prefix
     start = datetime.now(UTC) - timedelta(minutes=21)
     # Events a minute or more in the past: the incidents of this test are told apart by time.
     generated = subprocess.run(

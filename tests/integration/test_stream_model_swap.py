@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 
 import mlflow
 import pytest
@@ -19,9 +18,9 @@ from pyspark.ml.feature import VectorAssembler
 
 from models.features import FEATURES
 from models.training_data import bootstrap_frame
-from patternalarm import db, kafka
-from patternalarm.settings import PROJECT_ROOT, load, model_name
-from tests.conftest import wait_until
+from patternalarm import db
+from patternalarm.settings import PROJECT_ROOT, model_name
+from tests.conftest import own_topics, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -56,12 +55,9 @@ def test_alias_move_reaches_the_running_job_within_30_s(stack, spark):
     first, second = register(spark, 1), register(spark, 2)
     client.set_registered_model_alias(model_name(DOMAIN), "champion", first)
 
-    prefix = f"m{uuid.uuid4().hex[:8]}"
-    cfg = load(topic_prefix=prefix)
-    kafka.ensure_topics(cfg, cfg.all_topics, cfg.topic_partitions)
-    env = {**os.environ, "PATTERNALARM_TOPIC_PREFIX": prefix, "PYSPARK_PYTHON": sys.executable,
-           "SPARK_LOCAL_IP": "127.0.0.1", "PATTERNALARM_MODEL_REFRESH_S": "2"}
-    query = f"swap-{prefix}"
+    cfg, env = own_topics("m")
+    env["PATTERNALARM_MODEL_REFRESH_S"] = "2"
+    query = f"swap-{cfg.topic_prefix}"
     with open(stack.var_dir / f"{query}.log", "wb") as log:
         job = subprocess.Popen(
             [f"{BIN}/spark-submit", "--master", "local[2]",

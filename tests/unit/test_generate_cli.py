@@ -1,24 +1,13 @@
 """`patternalarm generate` argument checks (exit 2) and the unreachable broker (exit 1)."""
 
 import json
-import os
 import socket
 
 import pytest
 
 from patternalarm import cli
-from patternalarm.settings import ENV_PREFIX, get
 
-
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
-        monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PATTERNALARM_VAR_DIR", str(tmp_path / "var"))
-    get.cache_clear()
-    yield
-    get.cache_clear()
+pytestmark = pytest.mark.usefixtures("clean_settings_env")
 
 
 @pytest.mark.parametrize(("argv", "named"), [

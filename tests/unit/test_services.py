@@ -1,20 +1,13 @@
 """Which processes the stack runs for a configuration, and the errors for unreachable services."""
 
 import json
-import os
 
 import pytest
 
 from patternalarm.services import Stack, airflow_env
-from patternalarm.settings import ENV_PREFIX, load
+from patternalarm.settings import load
 
-
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
-        monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PATTERNALARM_VAR_DIR", str(tmp_path / "var"))
+pytestmark = pytest.mark.usefixtures("clean_settings_env")
 
 
 def names(cfg):

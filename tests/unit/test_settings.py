@@ -1,17 +1,10 @@
-import os
 
 import pytest
 
 from patternalarm import settings as settings_mod
-from patternalarm.settings import ENV_PREFIX, SettingsError, load, mask_url, masked
+from patternalarm.settings import SettingsError, load, mask_url, masked
 
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch, tmp_path):
-    """Defaults only: no PATTERNALARM_* from the shell, the test stack or a developer's .env."""
-    for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
-        monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_settings_env")
 
 
 def test_defaults_are_embedded_services():
