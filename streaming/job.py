@@ -46,7 +46,7 @@ def build_query(spark, cfg: Settings, args: argparse.Namespace):
     from streaming.detector import OUTPUT, Detector
     from streaming.kafka_source import kafka_stream
     from streaming.parse import SCHEMA, parse_frames
-    from streaming.sinks import BatchSink
+    from streaming.sinks import BatchSink, cap_path
 
     topics = {cfg.events_topic(d): d for d in args.domains}
     raw = kafka_stream(spark, cfg.bootstrap_servers, list(topics),
@@ -54,7 +54,7 @@ def build_query(spark, cfg: Settings, args: argparse.Namespace):
                        starting_offsets=args.starting_offsets,
                        max_offsets_per_trigger=cfg.stream_max_offsets_per_trigger,
                        group_id=f"patternalarm-{args.query_name}",
-                       cap_file=str(cfg.checkpoint_dir / args.query_name / "cap.json"))
+                       cap_file=str(cap_path(cfg, args.query_name)))
     parsed = raw.mapInPandas(partial(parse_frames, topic_domains=topics,
                                      buckets=cfg.stream_buckets), SCHEMA)
     detected = (parsed.withWatermark("event_ts", f"{cfg.stream_allowed_lateness_s} seconds")

@@ -168,7 +168,7 @@ class BatchSink:
         self.watch = ModelWatch(cfg.tracking_uri, domains, cfg.model_refresh_s)
         self.positions: dict[tuple[str, int], int] = {}
         self.ends: dict[tuple[str, int], int] = {}
-        self.cap_file = cfg.checkpoint_dir / query_name / "cap.json"
+        self.cap_file = cap_path(cfg, query_name)
         self._conn: connection | None = None
         self._producer = None
         self._spark_models: dict[tuple[str, str], object] = {}
@@ -392,6 +392,11 @@ def already_committed(conn: connection, query_name: str, batch_id: int) -> bool:
         cur.execute("SELECT 1 FROM stream_batches WHERE query_name = %s AND batch_id = %s",
                     (query_name, batch_id))
         return cur.fetchone() is not None
+
+
+def cap_path(cfg, query_name: str):
+    """Where the sink leaves the adaptive cap that the source reads before each batch."""
+    return cfg.checkpoint_dir / query_name / "cap.json"
 
 
 def next_cap(rows: int, duration_s: float, target_s: float, floor: int, ceiling: int) -> int:

@@ -35,3 +35,13 @@ def test_same_key_in_one_batch_merges_counts_times_and_worst_severity():
 
 def test_different_windows_stay_apart():
     assert len(_merge_same_key([make(), make(window_start_ms=1_700_000_060_000)])) == 2
+
+
+def test_cap_follows_measured_throughput_within_bounds():
+    from streaming.sinks import next_cap
+
+    # 50,000 rows in 2.5 s: 20,000/s, so a 1 s target allows 20,000 next time.
+    assert next_cap(50_000, 2.5, target_s=1.0, floor=1_000, ceiling=200_000) == 20_000
+    assert next_cap(10, 5.0, target_s=1.0, floor=1_000, ceiling=200_000) == 1_000
+    assert next_cap(10**7, 1.0, target_s=1.0, floor=1_000, ceiling=200_000) == 200_000
+    assert next_cap(0, 0.0, target_s=1.0, floor=1_000, ceiling=200_000) == 200_000
