@@ -114,6 +114,8 @@ def cmd_stream(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
         stopped = supervisor.stop(stream_spec(cfg), timeout_s=60)
         print("stream stopped" if stopped else "stream was not running")
         return 0
+    if args.action == "reset":
+        return _stream_reset(cfg, supervisor, args.query_name)
     if args.action == "start":
         spec = stream_spec(cfg, "--domains", args.domains, "--query-name", args.query_name)
         started = supervisor.start(spec)
@@ -122,6 +124,24 @@ def cmd_stream(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
               f" {spec.url}")
         return 0
     return _stream_status(cfg, supervisor, args.query_name)
+
+
+def _stream_reset(cfg: settings_mod.Settings, supervisor, query_name: str) -> int:
+    """Forget a query: its checkpoint, batch ledger and metrics (incidents stay)."""
+    import contextlib
+    import shutil
+
+    from patternalarm import db
+
+    if supervisor.process("stream"):
+        print("stop the stream first: patternalarm stream stop", file=sys.stderr)
+        return 1
+    shutil.rmtree(cfg.checkpoint_dir / query_name, ignore_errors=True)
+    with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM stream_batches WHERE query_name = %s", (query_name,))
+        cur.execute("DELETE FROM stream_metrics WHERE query_name = %s", (query_name,))
+    print(f"query {query_name!r} reset: it will start from --starting-offsets again")
+    return 0
 
 
 def _stream_status(cfg: settings_mod.Settings, supervisor, query_name: str) -> int:
@@ -219,8 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="up, bootstrap models, stream, NORMAL traffic")
     demo.add_argument("--minutes", type=int, default=15,
                       help="minutes of traffic (the in-memory broker keeps every event)")
-    stream = sub.add_parser("stream", help="start | stop | status of the streaming job")
-    stream.add_argument("action", choices=("start", "stop", "status"))
+    stream = sub.add_parser("stream", help="start | stop | status | reset of the streaming job")
+    stream.add_argument("action", choices=("start", "stop", "status", "reset"))
     stream.add_argument("--domains", default=",".join(settings_mod.DOMAINS),
                         help="comma-separated domains (start)")
     stream.add_argument("--query-name", default="detector",

@@ -328,7 +328,8 @@ def spark_submit(settings: Settings, script: str, *args: str) -> tuple[list[str]
     the PatternAlarm settings reach the job through the inherited environment.
     """
     argv = [str(VENV_BIN / "spark-submit"), "--master", settings.spark_master,
-            "--conf", "spark.ui.showConsoleProgress=false", str(PROJECT_ROOT / script), *args]
+            "--conf", "spark.ui.showConsoleProgress=false", "--conf", "spark.log.level=WARN",
+            str(PROJECT_ROOT / script), *args]
     env = {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
            "SPARK_LOCAL_IP": settings.bind_host, "JAVA_HOME": str(java.find(settings)),
            "GX_ANALYTICS_ENABLED": "false", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",

@@ -71,6 +71,18 @@ def build_query(spark, cfg: Settings, args: argparse.Namespace):
     return writer.start(), sink
 
 
+def _orphaned_ledger(cfg: Settings, query_name: str) -> bool:
+    import contextlib
+
+    from patternalarm import db
+
+    if (cfg.checkpoint_dir / query_name / "offsets").exists():
+        return False
+    with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM stream_batches WHERE query_name = %s LIMIT 1", (query_name,))
+        return cur.fetchone() is not None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
@@ -80,6 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = settings_mod.get()
     except settings_mod.SettingsError as exc:
         print(exc, file=sys.stderr)
+        return 2
+    if _orphaned_ledger(cfg, args.query_name):
+        print(f"query {args.query_name!r}: the batch ledger in Postgres has batches but the "
+              f"checkpoint {cfg.checkpoint_dir / args.query_name} is gone; batch ids would "
+              "restart and be taken for replays. Use another --query-name, or "
+              f"`patternalarm stream reset --query-name {args.query_name}`.", file=sys.stderr)
         return 2
     from models.spark import get_spark
 

@@ -1,10 +1,10 @@
 """Champion-model scoring of a micro-batch's feature rows, without a Spark job per event.
 
-The driver checks each domain's `champion` alias every few seconds (`ModelWatch`); executors
-score their partitions with the local scorer compiled from that exact version (cached per
-worker process), so a model swap needs no restart and every incident names its version. The
-Spark PipelineModel path (setting `stream_scorer=spark`) applies the same version with
-`transform` once per micro-batch instead.
+The driver checks each domain's `champion` alias every few seconds (`ModelWatch`) and compiles
+a new version once into the local scorer; the compiled arrays travel to the executors with the
+scoring function, so no worker downloads anything, a model swap needs no restart, and every
+incident names its version. The Spark PipelineModel path (setting `stream_scorer=spark`)
+applies the same version with `transform` once per micro-batch instead.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -29,6 +29,7 @@ SCORED = ("domain string, entity_id string, event_id string, event_time long, "
 class Champion:
     domain: str
     version: str
+    scorer: object = field(compare=False, repr=False)  # models.local_scorer.LocalScorer
 
     @property
     def name(self) -> str:
@@ -51,37 +52,28 @@ class ModelWatch:
 
     def _read(self) -> dict[str, Champion]:
         from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(self.tracking_uri)
+        from models.registry import client_for, compile_version
+
+        client = client_for(self.tracking_uri)
         found = {}
         for domain in self.domains:
             try:
                 version = client.get_model_version_by_alias(model_name(domain), "champion")
             except MlflowException:
                 continue  # no model yet: rules only for this domain
-            found[domain] = Champion(domain, version.version)
-            if self.current.get(domain) != found[domain]:
-                log.info("domain %s scores with %s v%s", domain, model_name(domain),
-                         version.version)
+            known = self.current.get(domain)
+            if known is not None and known.version == str(version.version):
+                found[domain] = known
+                continue
+            found[domain] = Champion(domain, str(version.version),
+                                     compile_version(client, version))
+            log.info("domain %s scores with %s v%s", domain, model_name(domain),
+                     version.version)
         return found
 
 
-_COMPILED: dict[tuple[str, str], object] = {}
-
-
-def _scorer(tracking_uri: str, champion: Champion):
-    """The compiled local scorer of one version, once per worker process."""
-    key = (champion.name, champion.version)
-    if key not in _COMPILED:
-        from models.registry import client_for, compile_version
-
-        client = client_for(tracking_uri)
-        _COMPILED[key] = compile_version(client, client.get_model_version(*key))
-    return _COMPILED[key]
-
-
-def score_frames(frames: Iterator[pd.DataFrame], tracking_uri: str,
+def score_frames(frames: Iterator[pd.DataFrame],
                  champions: dict[str, Champion]) -> Iterator[pd.DataFrame]:
     """Rows the champion labels positive (p1 over its threshold), with the score."""
     for frame in frames:
@@ -89,7 +81,7 @@ def score_frames(frames: Iterator[pd.DataFrame], tracking_uri: str,
             champion = champions.get(domain)
             if champion is None:
                 continue
-            scorer = _scorer(tracking_uri, champion)
+            scorer = champion.scorer
             matrix = pd.DataFrame(list(rows["features"]), columns=list(FEATURES[domain]))
             p1, label = scorer.score(matrix)
             hits = rows.loc[label.astype(bool)]

@@ -169,6 +169,8 @@ class BatchSink:
         self.positions: dict[tuple[str, int], int] = {}
         self.ends: dict[tuple[str, int], int] = {}
         self.cap_file = cap_path(cfg, query_name)
+        self.cap = cfg.stream_max_offsets_per_trigger
+        self.recent_durations: list[float] = []
         self._conn: connection | None = None
         self._producer = None
         self._spark_models: dict[tuple[str, str], object] = {}
@@ -193,12 +195,12 @@ class BatchSink:
             if stats.n:
                 self._write_lake(features, batch_id)
             champions = self.watch.champions()
-            incidents = [self._rule_incident(r) for r in
-                         batch.where("kind = 'incident'").collect()]
+            # Incidents and dead letters are few: one small collect for both.
+            rare = batch.where("kind <> 'features'").drop("features").collect()
+            incidents = [self._rule_incident(r) for r in rare if r.kind == "incident"]
+            dead = [r for r in rare if r.kind == "dlq"]
             if stats.n and champions:
                 incidents += self._model_incidents(features, champions)
-            dead = batch.where("kind = 'dlq'").select(
-                "topic", "partition", "offset", "reason", "raw").collect()
             self._dead_letters(dead, batch_id)
             self._advance(batch)
             lag = self._lag()
@@ -215,7 +217,8 @@ class BatchSink:
                 dead_lettered=len(dead),
                 model_versions={d: c.version for d, c in champions.items()})
             commit_batch(conn, self.query_name, batch_id, incidents, metrics)
-            self._adapt_cap(stats.n + len(dead), time.monotonic() - started)
+            self._adapt_cap(stats.n + len(dead), time.monotonic() - started,
+                            sum(lag.values()))
             log.info(log_line(self.query_name, batch_id, metrics))
         except Exception:
             self._drop_connection()
@@ -235,9 +238,8 @@ class BatchSink:
         if self.cfg.stream_scorer == "spark":
             hits = self._spark_scores(features, champions)
         else:
-            hits = features.mapInPandas(partial(
-                score_frames, tracking_uri=self.cfg.tracking_uri, champions=champions),
-                SCORED).collect()
+            hits = features.mapInPandas(partial(score_frames, champions=champions),
+                                        SCORED).collect()
         window_ms = 900_000
         return [Incident(h.domain, h.entity_id, "model", "model",
                          h.event_time // window_ms * window_ms,
@@ -326,12 +328,15 @@ class BatchSink:
             return [(tp.topic, tp.partition) for tp in kafka.partitions_of(self.cfg, self.topics)]
         return list(self.ends)
 
-    def _adapt_cap(self, rows: int, duration_s: float) -> None:
-        cap = next_cap(rows, duration_s, target_s=max(self.cfg.stream_trigger_s, 1.0),
-                       floor=1_000, ceiling=self.cfg.stream_max_offsets_per_trigger)
+    def _adapt_cap(self, rows: int, duration_s: float, lag: int) -> None:
+        self.recent_durations = [*self.recent_durations[-19:], duration_s]
+        self.cap = next_cap(self.cap, rows, duration_s, lag,
+                            target_s=max(self.cfg.stream_trigger_s, 1.0),
+                            fixed_s=min(self.recent_durations), floor=1_000,
+                            ceiling=self.cfg.stream_max_offsets_per_trigger)
         self.cap_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.cap_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"max_rows": cap}))
+        tmp.write_text(json.dumps({"max_rows": self.cap}))
         tmp.replace(self.cap_file)
 
     # --- connections and listener ----------------------------------------------------------
@@ -399,13 +404,23 @@ def cap_path(cfg, query_name: str):
     return cfg.checkpoint_dir / query_name / "cap.json"
 
 
-def next_cap(rows: int, duration_s: float, target_s: float, floor: int, ceiling: int) -> int:
-    """Records the next micro-batch may take: what this job processes in about `target_s`.
+def next_cap(previous: int, rows: int, duration_s: float, lag: int, target_s: float,
+             fixed_s: float, floor: int, ceiling: int) -> int:
+    """Records the next micro-batch may take.
 
-    During a burst the backlog then drains over several short batches instead of one huge one,
-    so each batch's latency and memory stay bounded; the rate estimate follows the job's own
-    measured throughput, so the cap grows back as soon as batches get faster.
+    `fixed_s` is what a batch costs whatever its size (planning, task launch, commits): the
+    shortest batch seen recently. A batch slower than the target shrinks the next one to what
+    the rest of the target buys at the per-record rate just measured; while a backlog remains
+    and batches are fast — or when the fixed cost alone exceeds the target, so that only larger
+    batches raise throughput — the cap doubles. A burst is absorbed in batches as large as the
+    latency bound allows, the backlog drains at the job's own throughput, and memory stays
+    bounded by the ceiling.
     """
-    if rows <= 0 or duration_s <= 0:
-        return ceiling
-    return int(min(max(rows / duration_s * target_s, floor), ceiling))
+    budget = target_s - fixed_s
+    if rows > 0 and duration_s > target_s and budget > 0 and duration_s > fixed_s:
+        cap = rows * budget / (duration_s - fixed_s)
+    elif lag > 0:
+        cap = previous * 2
+    else:
+        cap = previous
+    return int(min(max(cap, floor), ceiling))

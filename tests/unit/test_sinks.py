@@ -37,11 +37,18 @@ def test_different_windows_stay_apart():
     assert len(_merge_same_key([make(), make(window_start_ms=1_700_000_060_000)])) == 2
 
 
-def test_cap_follows_measured_throughput_within_bounds():
+def test_cap_shrinks_slow_batches_and_grows_while_behind():
     from streaming.sinks import next_cap
 
-    # 50,000 rows in 2.5 s: 20,000/s, so a 1 s target allows 20,000 next time.
-    assert next_cap(50_000, 2.5, target_s=1.0, floor=1_000, ceiling=200_000) == 20_000
-    assert next_cap(10, 5.0, target_s=1.0, floor=1_000, ceiling=200_000) == 1_000
-    assert next_cap(10**7, 1.0, target_s=1.0, floor=1_000, ceiling=200_000) == 200_000
-    assert next_cap(0, 0.0, target_s=1.0, floor=1_000, ceiling=200_000) == 200_000
+    bounds = dict(target_s=1.0, floor=1_000, ceiling=200_000)
+    # 0.2 s fixed, 50,000 rows in 2.2 s: 25,000 rows/s beyond the fixed part, so the 0.8 s
+    # left of the target buys 20,000 rows.
+    assert next_cap(50_000, 50_000, 2.2, lag=90_000, fixed_s=0.2, **bounds) == 20_000
+    # Fast batch with a backlog: double; caught up: keep.
+    assert next_cap(20_000, 20_000, 0.4, lag=5_000, fixed_s=0.2, **bounds) == 40_000
+    assert next_cap(20_000, 300, 0.4, lag=0, fixed_s=0.2, **bounds) == 20_000
+    # The fixed cost alone exceeds the target: only bigger batches help while behind.
+    assert next_cap(4_000, 4_000, 4.5, lag=50_000, fixed_s=4.0, **bounds) == 8_000
+    # Never below the floor nor above the ceiling.
+    assert next_cap(1_000, 10, 5.0, lag=0, fixed_s=0.1, **bounds) == 1_000
+    assert next_cap(150_000, 150_000, 0.5, lag=10**6, fixed_s=0.1, **bounds) == 200_000
