@@ -74,3 +74,14 @@ def test_incidents_match_injected_episodes(run):
         assert q.episodes >= 15, report
         assert q.recall >= 0.95, report
         assert q.precision >= 0.90, report
+
+
+def test_a_model_trains_on_the_features_the_stream_logged(run, spark, capsys):
+    """Training source `lake`: the stream's feature rows joined with the run's ground truth."""
+    from spark_jobs.train_model import main
+
+    code = main(["--source", "lake", "--domain", "gaming", "--model-name",
+                 f"lake-{run['query']}", "--max-iter", "10", "--json"])
+    assert code == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["holdout_positives"] > 0 and metrics["roc_auc"] > 0.8
