@@ -43,7 +43,7 @@ lint: setup ## ruff
 	@$(BIN)/ruff check .
 
 .PHONY: bench
-bench: setup ## run every benchmark under benchmarks/ (see benchmarks/RESULTS.md)
+bench: up ## run every benchmark under benchmarks/ on the embedded stack (see benchmarks/RESULTS.md)
 	@set -e; for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script; done
 
 .PHONY: clean

@@ -207,8 +207,8 @@ def stream_backlog(cfg, per_min: float, seconds: float) -> dict:
     subprocess.run([str(BIN / "spark-submit"), "--master", "local[2]",
                     str(ROOT / "streaming/job.py"), "--query-name", query, "--available-now"],
                    env=env, capture_output=True, check=True)
-    rows = _rows(cfg, """SELECT sum(input_rows), sum(processing_ms) FROM stream_metrics
-                         WHERE query_name = %s""", query)
+    rows = _rows(cfg, """SELECT sum(input_rows)::bigint, sum(processing_ms)::float8
+                         FROM stream_metrics WHERE query_name = %s""", query)
     events, busy_ms = rows[0]
     return {"events_per_min": round(events / (busy_ms / 1000) * 60), "events": int(events),
             "generated": summary["sent"], "busy_seconds": round(busy_ms / 1000, 1)}
