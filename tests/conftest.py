@@ -67,6 +67,11 @@ def stack(stack_env: dict[str, str]) -> Iterator[Settings]:
         services.up()
         yield cfg
     finally:
+        if not all(status.running for status in services.status()):
+            # A service died during the session: keep its logs for whoever reads the failure.
+            shutil.copytree(cfg.var_dir / "log",
+                            PROJECT_ROOT / "test-artifacts" / f"stack-logs-{os.getpid()}",
+                            dirs_exist_ok=True)
         services.down()
         shutil.rmtree(cfg.var_dir, ignore_errors=True)
 
