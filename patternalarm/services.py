@@ -222,6 +222,11 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.url(settings, settings.airflow_db,
                                                        driver="postgresql+psycopg2"),
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        # No pooled connections: the scheduler forks its log and health servers and its DAG
+        # processors, and a child that inherits a pooled libpq connection can close it under
+        # the parent, which then dies with "PGRES_TUPLES_OK and no message from the libpq"
+        # (seen here, intermittently, at start and mid-run).
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_ENABLED": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
