@@ -84,8 +84,9 @@ with DAG(
 
         from patternalarm import settings
 
-        since = dag_run.get_task_instance("train").start_date
-        found = decision(settings.get(), p["domain"], since)
+        # One run at a time (max_active_runs=1): the domain's latest training run since this DAG
+        # run started is this run's.
+        found = decision(settings.get(), p["domain"], dag_run.start_date)
         print(f"{p['domain']}: new PR-AUC {found['new_pr_auc']}, champion PR-AUC "
               f"{found['champion_pr_auc']} (v{found['champion_version']}) -> "
               f"{'PROMOTED' if found['promoted'] else 'KEPT the champion'}: {found['decision']}"

@@ -33,8 +33,10 @@ class Processed:
 
 def processed_since(cfg: Settings, query: str, since: datetime) -> Processed:
     with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
-        cur.execute("""SELECT coalesce(sum(input_rows), 0), coalesce(sum(late_events), 0),
-                              coalesce(sum(dead_lettered), 0), count(*),
+        # sum() of bigint is numeric in Postgres: cast back so the figures stay ints.
+        cur.execute("""SELECT coalesce(sum(input_rows), 0)::bigint,
+                              coalesce(sum(late_events), 0)::bigint,
+                              coalesce(sum(dead_lettered), 0)::bigint, count(*),
                               (array_agg(lag_total ORDER BY batch_id DESC))[1]
                        FROM stream_metrics WHERE query_name = %s AND recorded_at > %s""",
                     (query, since))
@@ -92,8 +94,8 @@ def incident_latency_ms(cfg: Settings, domains: list[str], since: datetime
     with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
         cur.execute("""SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),
                               percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), count(*)
-                       FROM (SELECT extract(epoch FROM detected_at - first_event_time) * 1000
-                                    AS ms
+                       FROM (SELECT extract(epoch FROM detected_at - first_event_time)::float8
+                                    * 1000 AS ms
                              FROM incidents WHERE domain = ANY(%s) AND detected_at > %s) x""",
                     (domains, since))
         return cur.fetchone()

@@ -78,15 +78,19 @@ class StreamJob:
     def stop(self) -> bool:
         return self.supervisor.stop(self.spec, timeout_s=60)
 
-    def last_batch(self) -> tuple[int, int | None] | None:
-        """(batch id, lag) of the query's latest committed batch, or None before the first."""
+    def last_batch(self) -> tuple[int | None, int | None]:
+        """(id of the query's latest batch with rows, lag after its latest batch).
+
+        Event-time timers make Spark run batches without input while idle; those do not count
+        as activity."""
         with contextlib.closing(db.connect(self.cfg)) as conn, conn, conn.cursor() as cur:
-            cur.execute("""SELECT batch_id, lag_total FROM stream_metrics WHERE query_name = %s
-                           ORDER BY batch_id DESC LIMIT 1""", (self.query_name,))
+            cur.execute("""SELECT max(batch_id) FILTER (WHERE input_rows > 0),
+                                  (array_agg(lag_total ORDER BY batch_id DESC))[1]
+                           FROM stream_metrics WHERE query_name = %s""", (self.query_name,))
             return cur.fetchone()
 
     def wait_idle(self, quiet_s: float = 5.0, timeout_s: float = 300.0) -> None:
-        """Until the query caught up (lag 0) and committed nothing for `quiet_s`.
+        """Until the query caught up (lag 0) and took no input for `quiet_s`.
 
         Runs measure the batches after this point: any backlog must be gone first.
         """
@@ -94,11 +98,11 @@ class StreamJob:
         seen, since = None, time.monotonic()
         while True:
             last = self.last_batch()
-            if last != seen:
-                seen, since = last, time.monotonic()
-            elif (last is None or not last[1]) and time.monotonic() - since >= quiet_s:
+            if last[0] != seen:
+                seen, since = last[0], time.monotonic()
+            elif not last[1] and time.monotonic() - since >= quiet_s:
                 return
             if time.monotonic() > deadline:
                 raise ServiceError(f"the stream did not go idle in {timeout_s:.0f}s "
-                                   f"(last batch, lag: {last}); other traffic is running?")
+                                   f"(last batch with input, lag: {last}); other traffic?")
             time.sleep(0.5)

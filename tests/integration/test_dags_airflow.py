@@ -1,0 +1,104 @@
+"""`airflow dags test` of each DAG on the embedded stack, with CI-sized params, checking the rows
+and verdicts the runs leave behind. One run per DAG (the streaming job costs ~1 min a start)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from patternalarm import db
+from patternalarm.services import airflow_env
+
+pytestmark = pytest.mark.integration
+
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+
+
+def dags_test(cfg, dag_id: str, conf: dict, timeout_s: float = 600) -> tuple[str, dict, str]:
+    """Run the DAG to its end; (run state, {task_id or task_id[i]: state}, output)."""
+    out = subprocess.run([AIRFLOW, "dags", "test", dag_id, "-c", json.dumps(conf)],
+                         env={**os.environ, **airflow_env(cfg)}, capture_output=True, text=True,
+                         timeout=timeout_s)
+    with contextlib.closing(db.connect(cfg, cfg.airflow_db)) as conn, conn.cursor() as cur:
+        cur.execute("""SELECT run_id, state FROM dag_run WHERE dag_id = %s
+                       ORDER BY id DESC LIMIT 1""", (dag_id,))
+        run_id, state = cur.fetchone() or (None, None)
+        cur.execute("""SELECT task_id, map_index, state FROM task_instance
+                       WHERE dag_id = %s AND run_id = %s""", (dag_id, run_id))
+        tasks = {t if i < 0 else f"{t}[{i}]": s for t, i, s in cur.fetchall()}
+    return state, {"run_id": run_id, **tasks}, out.stdout + out.stderr
+
+
+def rows(cfg, sql: str, *args) -> list[tuple]:
+    with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchall()
+
+
+def test_bad_params_fail_the_first_task_before_any_work(stack):
+    # The schema accepts it; the first task finds the spike profile unreadable.
+    state, tasks, out = dags_test(stack, "patternalarm_load_test", {
+        "mode": "CUSTOM", "rate_per_min": 600, "domains": ["payments"], "duration_s": 5,
+        "spike": "burst:soon"})
+    assert state == "failed", out[-3000:]
+    assert tasks["validate_params"] == "failed"
+    assert tasks["ensure_stream"] in (None, "upstream_failed")
+    assert tasks["generate"] in (None, "upstream_failed")
+    assert "spike profile 'burst:soon'" in out
+    assert rows(stack, "SELECT 1 FROM load_runs WHERE run_id = %s", tasks["run_id"]) == []
+
+
+def test_params_outside_the_form_are_refused_before_the_run(stack):
+    # Unknown scenario, negative duration: the Param schema refuses them before any task.
+    state, tasks, out = dags_test(stack, "patternalarm_chaos", {
+        "scenarios": ["meteor_strike"], "duration_s": -5}, timeout_s=300)
+    assert "meteor_strike" in out
+    assert rows(stack, "SELECT 1 FROM chaos_runs WHERE scenario = 'meteor_strike'") == []
+
+
+def test_load_test_writes_a_report_and_chart(stack):
+    state, tasks, out = dags_test(stack, "patternalarm_load_test", {
+        "mode": "CUSTOM", "rate_per_min": 3000, "domains": ["payments"], "duration_s": 20,
+        "spike": "", "drain_timeout_s": 180})
+    assert state == "success", out[-5000:]
+    [(status, sent, throughput, max_lag, drain_s, chart, report)] = rows(
+        stack, """SELECT status, events_sent, throughput_per_min, max_lag, drain_s, chart_path,
+                         report FROM load_runs WHERE run_id = %s""", tasks["run_id"])
+    assert status == "passed"
+    assert sent == 1000 and report["processed"] == sent
+    assert throughput > 0 and max_lag is not None and drain_s is not None
+    assert Path(chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_chaos_verdicts_match_what_was_injected(stack):
+    state, tasks, out = dags_test(stack, "patternalarm_chaos", {
+        "scenarios": ["poison_flood", "kill_driver"], "domains": ["payments"],
+        "rate_per_min": 3000, "duration_s": 18, "poison_count": 200,
+        "recovery_bound_s": 150, "drain_timeout_s": 240})
+    assert state == "success", out[-5000:]
+    verdicts = {r[0]: r[1:] for r in rows(
+        stack, """SELECT scenario, verdict, injected, events_sent, events_lost,
+                         incidents_duplicated, dead_lettered, recovery_s, details
+                  FROM chaos_runs WHERE run_id = %s""", tasks["run_id"])}
+    verdict, injected, sent, lost, dup, dead, recovery, details = verdicts["poison_flood"]
+    assert injected["malformed_sent"] == 200
+    assert (verdict, lost, dup, dead) == ("pass", 0, 0, 200)
+    assert sent == 900 + 200
+    verdict, injected, sent, lost, dup, dead, recovery, details = verdicts["kill_driver"]
+    assert injected["signal"] == "SIGKILL" and injected["killed_pid"] != injected["restarted_pid"]
+    assert (verdict, lost, dup, dead) == ("pass", 0, 0, 0)
+    assert 0 < recovery <= 150 and details["duplicated_events"] == 0
+
+
+def test_retrain_reports_the_decision(stack):
+    state, tasks, out = dags_test(stack, "patternalarm_retrain", {
+        "domain": "iot", "source": "bootstrap", "promote": True})
+    assert state == "success", out[-5000:]
+    assert "new PR-AUC" in out
+    assert {tasks["promoted"], tasks["kept"]} == {"success", "skipped"}
