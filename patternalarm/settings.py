@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     stream_allowed_lateness_s: int = Field(60, ge=0)
     stream_buckets: int = Field(32, ge=1, le=4096)
     stream_scorer: Literal["local", "spark"] = "local"
+    stream_postgres_retry_s: float = Field(120.0, ge=0)
     model_refresh_s: float = Field(5.0, gt=0)
 
     @field_validator("kafka_bootstrap_servers", "mlflow_tracking_uri", mode="before")

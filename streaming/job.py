@@ -46,14 +46,14 @@ def build_query(spark, cfg: Settings, args: argparse.Namespace):
     from streaming.detector import OUTPUT, Detector
     from streaming.kafka_source import kafka_stream
     from streaming.parse import SCHEMA, parse_frames
-    from streaming.sinks import BatchSink, cap_path
+    from streaming.sinks import BatchSink, cap_path, consumer_group
 
     topics = {cfg.events_topic(d): d for d in args.domains}
     raw = kafka_stream(spark, cfg.bootstrap_servers, list(topics),
                        native=cfg.stream_source == "native",
                        starting_offsets=args.starting_offsets,
                        max_offsets_per_trigger=cfg.stream_max_offsets_per_trigger,
-                       group_id=f"patternalarm-{args.query_name}",
+                       group_id=consumer_group(args.query_name),
                        cap_file=str(cap_path(cfg, args.query_name)))
     parsed = raw.mapInPandas(partial(parse_frames, topic_domains=topics,
                                      buckets=cfg.stream_buckets), SCHEMA)

@@ -16,11 +16,18 @@ Options:
   group.id                  group whose committed offsets follow the query (optional)
   capFile                   JSON {"max_rows": N} the job rewrites after each batch: an adaptive
                             cap under maxOffsetsPerTrigger (see streaming.sinks.next_cap)
+
+The broker going away does not stop the query: while end offsets cannot be read, triggers plan
+no new data. A partition whose log end went back below the query's offset was recreated (the
+embedded memory broker restarts empty): the next batch reads the new log from its start, and
+planned records the broker no longer has are skipped with a warning; that data is lost, as
+with Spark's own source under failOnDataLoss=false.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -38,6 +45,9 @@ SCHEMA = ("key binary, value binary, topic string, partition int, offset long, "
           "timestamp timestamp, timestampType int")
 _READ_BATCH = 10_000
 _STALL_TIMEOUT_S = 60.0
+_GONE_CHECK_S = 5.0
+
+log = logging.getLogger("patternalarm.kafka_source")
 
 Offsets = dict[str, dict[str, int]]  # {"topic": {"partition": next offset to read}}
 
@@ -74,20 +84,27 @@ def _nest(flat: dict[tuple[str, int], int]) -> Offsets:
     return nested
 
 
+def read_from(start: int, end: int) -> int:
+    """Where a range planned from `start` to `end` begins: an end below the start means the log
+    was recreated, and all of it is new. Deterministic, so a replayed batch reads the same."""
+    return 0 if end < start else start
+
+
 def cap_offsets(start: dict[tuple[str, int], int], end: dict[tuple[str, int], int],
                 max_rows: int) -> dict[tuple[str, int], int]:
     """Limit a micro-batch to `max_rows`, shared across partitions in proportion to backlog.
 
     Every partition with a backlog advances by at least one record, so none starves.
     """
-    backlog = {tp: max(end[tp] - start.get(tp, 0), 0) for tp in end}
+    first = {tp: read_from(start.get(tp, 0), end[tp]) for tp in end}
+    backlog = {tp: end[tp] - first[tp] for tp in end}
     total = sum(backlog.values())
     if total <= max_rows:
         return dict(end)
     capped = {}
     for tp, pending in backlog.items():
         share = max(1, pending * max_rows // total) if pending else 0
-        capped[tp] = start.get(tp, 0) + min(pending, share)
+        capped[tp] = first[tp] + min(pending, share)
     return capped
 
 
@@ -151,9 +168,16 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def latestOffset(self, start: Offsets, limit: ReadLimit) -> Offsets:
         begin = _flatten(start)
-        ends = self._available_now_target or self._end_offsets()
-        # Partitions that appeared since the start read from their beginning.
-        ends = {tp: max(end, begin.get(tp, 0)) for tp, end in ends.items()}
+        try:
+            ends = self._available_now_target or self._end_offsets()
+        except Exception as exc:  # broker down or topics gone for a moment: retry next trigger
+            log.warning(json.dumps({"event": "end_offsets_unavailable", "error": str(exc)[:300]}))
+            self._known_ends = None
+            return start
+        recreated = {tp: (begin[tp], end) for tp, end in ends.items() if end < begin.get(tp, 0)}
+        if recreated:
+            log.warning(json.dumps({"event": "log_recreated", "offsets_went_back": {
+                f"{t}-{p}": f"{old}->{new}" for (t, p), (old, new) in recreated.items()}}))
         if isinstance(limit, ReadMaxRows):
             ends = cap_offsets(begin, ends, min(limit.max_rows, self._adaptive_cap()))
         return _nest(ends)
@@ -172,8 +196,12 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def partitions(self, start: Offsets, end: Offsets) -> list[OffsetRange]:
         begin = _flatten(start)
-        return [OffsetRange(self.servers, t, p, begin.get((t, p), 0), stop)
-                for (t, p), stop in _flatten(end).items() if stop > begin.get((t, p), 0)]
+        ranges = []
+        for (t, p), stop in _flatten(end).items():
+            first = read_from(begin.get((t, p), 0), stop)
+            if stop > first:
+                ranges.append(OffsetRange(self.servers, t, p, first, stop))
+        return ranges
 
     def commit(self, end: Offsets) -> None:
         if not self.group_id:
@@ -192,12 +220,15 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def read(self, partition: OffsetRange) -> Iterator:
         import pyarrow as pa
-        from confluent_kafka import Consumer, KafkaException, TopicPartition
+        from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+        tp = TopicPartition(partition.topic, partition.partition, partition.start)
+        # An offset the broker no longer has is an error here, not a silent jump to the end.
         reader = Consumer({"bootstrap.servers": partition.servers,
                            "group.id": f"pa-source-{partition.topic}",
-                           "enable.auto.commit": False, "fetch.wait.max.ms": 50})
-        reader.assign([TopicPartition(partition.topic, partition.partition, partition.start)])
+                           "enable.auto.commit": False, "fetch.wait.max.ms": 50,
+                           "auto.offset.reset": "error"})
+        reader.assign([tp])
         schema = pa.schema([("key", pa.binary()), ("value", pa.binary()),
                             ("topic", pa.string()), ("partition", pa.int32()),
                             ("offset", pa.int64()), ("timestamp", pa.timestamp("us", "UTC")),
@@ -206,8 +237,11 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         last_progress = time.monotonic()
         try:
             while position < partition.end:
-                if time.monotonic() - last_progress > _STALL_TIMEOUT_S:
-                    # e.g. the in-memory broker restarted and lost the planned range.
+                stalled_s = time.monotonic() - last_progress
+                if stalled_s > _GONE_CHECK_S and _log_end(reader, tp) < partition.end:
+                    _skip_gone(partition, position, "the log end went back")
+                    return
+                if stalled_s > _STALL_TIMEOUT_S:
                     raise RuntimeError(
                         f"{partition.topic}[{partition.partition}] offsets {position}.."
                         f"{partition.end - 1} planned but unreadable for {_STALL_TIMEOUT_S}s")
@@ -216,6 +250,9 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 keys, values, offsets, stamps, kinds = [], [], [], [], []
                 for msg in reader.consume(wanted, 0.5):
                     if msg.error():
+                        if msg.error().code() == KafkaError._AUTO_OFFSET_RESET:
+                            _skip_gone(partition, position, str(msg.error()))
+                            return
                         raise KafkaException(msg.error())
                     if msg.offset() >= partition.end:
                         break
@@ -241,6 +278,23 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 ], schema=schema)
         finally:
             reader.close()
+
+
+def _log_end(reader, tp) -> int:
+    from confluent_kafka import KafkaException
+
+    try:
+        return reader.get_watermark_offsets(tp, timeout=10)[1]
+    except KafkaException:  # broker unreachable: nothing known to be gone, keep waiting
+        return sys.maxsize
+
+
+def _skip_gone(partition: OffsetRange, position: int, why: str) -> None:
+    """Planned records the broker lost (a recreated log): counted in the log, not waited for."""
+    log.warning(json.dumps({"event": "planned_records_gone", "topic": partition.topic,
+                            "partition": partition.partition, "offsets": [position,
+                            partition.end - 1], "skipped": partition.end - position,
+                            "why": why[:200]}))
 
 
 def kafka_stream(spark, servers: str, topics: list[str], *, native: bool = False,

@@ -60,8 +60,11 @@ class ModelWatch:
         for domain in self.domains:
             try:
                 version = client.get_model_version_by_alias(model_name(domain), "champion")
-            except MlflowException:
-                continue  # no model yet: rules only for this domain
+            except MlflowException as exc:
+                known = self.current.get(domain)
+                if exc.get_http_status_code() >= 500 and known is not None:
+                    found[domain] = known  # registry unreachable: keep scoring with what we had
+                continue  # otherwise no model yet: rules only for this domain
             known = self.current.get(domain)
             if known is not None and known.version == str(version.version):
                 found[domain] = known

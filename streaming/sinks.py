@@ -167,6 +167,7 @@ class BatchSink:
         self.topics = topics
         self.watch = ModelWatch(cfg.tracking_uri, domains, cfg.model_refresh_s)
         self.positions: dict[tuple[str, int], int] = {}
+        self.positions_restored = False
         self.ends: dict[tuple[str, int], int] = {}
         self.cap_file = cap_path(cfg, query_name)
         self.cap = cfg.stream_max_offsets_per_trigger
@@ -179,8 +180,7 @@ class BatchSink:
 
     def __call__(self, batch, batch_id: int) -> None:
         started = time.monotonic()
-        conn = self._connection()
-        if already_committed(conn, self.query_name, batch_id):
+        if self._with_postgres(batch_id, already_committed, self.query_name, batch_id):
             # Our side effects are in Postgres already; the stateful step must still run, or
             # its state store would lack this batch's version and the next batch would fail.
             batch.write.format("noop").mode("overwrite").save()
@@ -216,7 +216,8 @@ class BatchSink:
                 lag_by_partition={f"{t}-{p}": n for (t, p), n in lag.items()},
                 dead_lettered=len(dead),
                 model_versions={d: c.version for d, c in champions.items()})
-            commit_batch(conn, self.query_name, batch_id, incidents, metrics)
+            self._with_postgres(batch_id, commit_batch, self.query_name, batch_id, incidents,
+                                metrics)
             self._adapt_cap(stats.n + len(dead), time.monotonic() - started,
                             sum(lag.values()))
             log.info(log_line(self.query_name, batch_id, metrics))
@@ -316,10 +317,32 @@ class BatchSink:
             probes = [TopicPartition(t, p, self.ends.get((t, p), -1))
                       for t, p in self._partitions()]
             self.ends = kafka.high_watermarks(self.cfg.bootstrap_servers, probes, timeout_s=5)
+            if not self.positions_restored:
+                self.positions = {**self._committed_positions(), **self.positions}
+                self.positions_restored = True
         except Exception as exc:  # lag is a measurement: never fail the batch over it
             log.warning(json.dumps({"event": "lag_unavailable", "error": str(exc)[:200]}))
+            self.ends = {}  # the log may have been recreated: probe from scratch next time
             return {}
-        return {tp: max(end - self.positions.get(tp, 0), 0) for tp, end in self.ends.items()}
+        # An end below the position is a recreated log (the memory broker restarted): all unread.
+        return {tp: end - position if end >= position else end
+                for tp, end in self.ends.items()
+                for position in [self.positions.get(tp, 0)]}
+
+    def _committed_positions(self) -> dict[tuple[str, int], int]:
+        """Where the query was before this process: the source's group commits (one batch
+        behind at most), so a restart does not report the whole log as lag."""
+        from confluent_kafka import TopicPartition
+
+        from patternalarm import kafka
+
+        reader = kafka.consumer(self.cfg, consumer_group(self.query_name))
+        try:
+            committed = reader.committed([TopicPartition(t, p) for t, p in self.ends],
+                                         timeout=5)
+        finally:
+            reader.close()
+        return {(tp.topic, tp.partition): tp.offset for tp in committed if tp.offset >= 0}
 
     def _partitions(self) -> list[tuple[str, int]]:
         if not self.ends:
@@ -347,6 +370,24 @@ class BatchSink:
 
             self._conn = db.connect(self.cfg)
         return self._conn
+
+    def _with_postgres(self, batch_id: int, work, *args):
+        """work(connection, *args), retried on a new connection while Postgres is unreachable,
+        up to stream_postgres_retry_s: an outage stalls the stream instead of failing it. The
+        batch ledger makes a retried commit exactly once."""
+        import psycopg2
+
+        deadline = time.monotonic() + self.cfg.stream_postgres_retry_s
+        while True:
+            try:
+                return work(self._connection(), *args)
+            except (ConnectionError, psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                self._drop_connection()
+                if time.monotonic() > deadline:
+                    raise
+                log.warning(json.dumps({"event": "postgres_unavailable", "batch_id": batch_id,
+                                        "error": str(exc).strip()[:200]}))
+                time.sleep(1.0)
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -397,6 +438,11 @@ def already_committed(conn: connection, query_name: str, batch_id: int) -> bool:
         cur.execute("SELECT 1 FROM stream_batches WHERE query_name = %s AND batch_id = %s",
                     (query_name, batch_id))
         return cur.fetchone() is not None
+
+
+def consumer_group(query_name: str) -> str:
+    """The group the source commits the query's progress to (for lag tools and restarts)."""
+    return f"patternalarm-{query_name}"
 
 
 def cap_path(cfg, query_name: str):

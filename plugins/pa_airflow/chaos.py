@@ -47,8 +47,9 @@ def verdict(scenario: str, sent: int, accounted: int, malformed: int, dead_lette
     if lost:
         if scenario == "broker_restart" and not durable:
             notes.append(f"{lost} events lost: the in-memory broker dropped what was not yet "
-                         "consumed when it restarted (PATTERNALARM_BROKER_STORAGE=s3 or a real "
-                         "Kafka keeps it)")
+                         "consumed when it stopped, and what producers sent until its topics "
+                         "were recreated (PATTERNALARM_BROKER_STORAGE=s3 or a real Kafka keeps "
+                         "it)")
         else:
             failures.append(f"{lost} of {sent} events lost")
     if not lost and dead_lettered != malformed:
@@ -112,12 +113,13 @@ def run_scenario(cfg: Settings, run_id: str, scenario: str, p: dict[str, Any]) -
         injected.update(factor=plan.spike.factor, burst_s=third,
                         peak_rate_per_min=plan.per_min * plan.spike.factor)
     sender.join()
+    traffic_end = datetime.now(UTC)
     if errors:
         raise errors[0]
-    # Recover: a stream that died of the fault (a sink that lost Postgres) is restarted.
+    # Recover: a stream the fault killed (e.g. Postgres down past the sink's retries) restarts.
     restarted = stream.ensure()
     sent = sum(s["sent"] for s in summaries)
-    done = measure.wait_drained(cfg, QUERY, since, sent, p["drain_timeout_s"])
+    done = measure.wait_drained(cfg, QUERY, since, sent, traffic_end, p["drain_timeout_s"])
     ended = datetime.fromtimestamp(fault_end, UTC)
     lag_ok = int(p["rate_per_min"] / 60 * len(plan.domains) * 3) + 1
     caught_up = measure.first_batch_after(cfg, QUERY, ended, max_lag=lag_ok)

@@ -24,7 +24,7 @@ def report(cfg: Settings, run_id: str, p: dict[str, Any], summary: dict[str, Any
            query: str, since: datetime) -> dict[str, Any]:
     start = datetime.fromtimestamp(summary["start_ms"] / 1000, UTC)
     end = start + timedelta(seconds=p["duration_s"])
-    done = measure.wait_drained(cfg, query, since, summary["sent"], p["drain_timeout_s"])
+    done = measure.wait_drained(cfg, query, since, summary["sent"], end, p["drain_timeout_s"])
     batches = measure.batches_since(cfg, query, since)
     data = [b for b in batches if b[1]]
     # Sustained rate: rows after the first data batch over the time they took to commit.

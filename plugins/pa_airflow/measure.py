@@ -23,7 +23,8 @@ class Processed:
     late: int            # events the watermark dropped (counted, not processed)
     dead_lettered: int
     batches: int
-    last_lag: int | None
+    last_lag: int | None      # lag after the latest batch (None: none yet, or not measured)
+    last_at: datetime | None  # when the latest batch committed
 
     @property
     def accounted(self) -> int:
@@ -37,25 +38,31 @@ def processed_since(cfg: Settings, query: str, since: datetime) -> Processed:
         cur.execute("""SELECT coalesce(sum(input_rows), 0)::bigint,
                               coalesce(sum(late_events), 0)::bigint,
                               coalesce(sum(dead_lettered), 0)::bigint, count(*),
-                              (array_agg(lag_total ORDER BY batch_id DESC))[1]
+                              (array_agg(lag_total ORDER BY batch_id DESC))[1], max(recorded_at)
                        FROM stream_metrics WHERE query_name = %s AND recorded_at > %s""",
                     (query, since))
         return Processed(*cur.fetchone())
 
 
 def wait_drained(cfg: Settings, query: str, since: datetime, expected: int,
-                 timeout_s: float, quiet_s: float = 15.0) -> Processed:
+                 traffic_end: datetime, timeout_s: float, quiet_s: float = 15.0) -> Processed:
     """Until the stream accounted for `expected` messages with no lag left; or, when some never
-    arrive (lost), until nothing changed for `quiet_s`; or until the timeout."""
+    arrive (lost), until a batch after `traffic_end` read to the end of the log and nothing
+    changed for `quiet_s`; or until the timeout.
+
+    A stream that is down or restarting writes no batches: its silence is not a drained log.
+    """
     deadline = time.monotonic() + timeout_s
     seen, since_change = None, time.monotonic()
     while True:
         now = processed_since(cfg, query, since)
         if now.accounted >= expected and not now.last_lag:
             return now
-        if now != seen:
-            seen, since_change = now, time.monotonic()
-        elif time.monotonic() - since_change >= quiet_s and not now.last_lag:
+        caught_up = now.last_lag == 0 and now.last_at is not None and now.last_at > traffic_end
+        # Batches without input (event-time timers) are not progress.
+        if (now.rows, now.late) != seen:
+            seen, since_change = (now.rows, now.late), time.monotonic()
+        elif caught_up and time.monotonic() - since_change >= quiet_s:
             return now
         if time.monotonic() > deadline:
             return now

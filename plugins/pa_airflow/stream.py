@@ -90,7 +90,7 @@ class StreamJob:
             return cur.fetchone()
 
     def wait_idle(self, quiet_s: float = 5.0, timeout_s: float = 300.0) -> None:
-        """Until the query caught up (lag 0) and took no input for `quiet_s`.
+        """Until the query's latest batch left no lag and it took no input for `quiet_s`.
 
         Runs measure the batches after this point: any backlog must be gone first.
         """
@@ -100,7 +100,7 @@ class StreamJob:
             last = self.last_batch()
             if last[0] != seen:
                 seen, since = last[0], time.monotonic()
-            elif not last[1] and time.monotonic() - since >= quiet_s:
+            elif last[1] == 0 and time.monotonic() - since >= quiet_s:
                 return
             if time.monotonic() > deadline:
                 raise ServiceError(f"the stream did not go idle in {timeout_s:.0f}s "

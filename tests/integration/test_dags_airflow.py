@@ -102,3 +102,39 @@ def test_retrain_reports_the_decision(stack):
     assert state == "success", out[-5000:]
     assert "new PR-AUC" in out
     assert {tasks["promoted"], tasks["kept"]} == {"success", "skipped"}
+
+
+def test_chaos_service_faults_and_spike_are_measured(stack):
+    # One run, three scenarios: each has its own baseline, so their figures stay apart.
+    state, tasks, out = dags_test(stack, "patternalarm_chaos", {
+        "scenarios": ["broker_restart", "postgres_outage", "spike"], "domains": ["payments"],
+        "rate_per_min": 3000, "duration_s": 18, "outage_s": 4, "recovery_bound_s": 150,
+        "drain_timeout_s": 240}, timeout_s=1200)
+    verdicts = {r[0]: r[1:] for r in rows(
+        stack, """SELECT scenario, verdict, injected, events_sent, events_lost,
+                         incidents_duplicated, dead_lettered, recovery_s, details
+                  FROM chaos_runs WHERE run_id = %s""", tasks["run_id"])}
+    assert set(verdicts) == {"broker_restart", "postgres_outage", "spike"}, out[-5000:]
+    assert state == "success", out[-5000:]
+
+    verdict, injected, sent, lost, dup, dead, recovery, details = verdicts["broker_restart"]
+    assert injected["service"] == "broker" and injected["storage"] == "memory"
+    assert (verdict, dup, dead) == ("pass", 0, 0)
+    # The memory broker drops at most what was due before its topics were back: the fault
+    # came a third (6 s) into the schedule, and producers kept sending while it was down.
+    due_before_topics_back = 3000 / 60 * (18 / 3 + injected["topics_back_s"] + 1)
+    assert 0 <= lost <= due_before_topics_back
+    assert details["processed_rows"] == sent - lost
+    assert bool(lost) == bool(details["notes"])
+
+    verdict, injected, sent, lost, dup, dead, recovery, details = verdicts["postgres_outage"]
+    assert injected["service"] == "postgres" and injected["down_s"] >= 4
+    assert (verdict, lost, dup, dead) == ("pass", 0, 0, 0)
+    assert sent == 900 and 0 < recovery <= 150
+    # The sink waited for Postgres rather than dying of it.
+    assert details["stream_restarted_by_recovery"] is False
+
+    verdict, injected, sent, lost, dup, dead, recovery, details = verdicts["spike"]
+    assert injected["factor"] == 10 and injected["peak_rate_per_min"] == 30000
+    # A third of the run at ten times the rate: 300 + 3000 + 300 events.
+    assert (verdict, lost, dup, dead, sent) == ("pass", 0, 0, 0, 3600)

@@ -29,6 +29,30 @@ def test_partitions_plan_only_ranges_with_data():
     assert ranges == [OffsetRange("x:1", "t", 0, 5, 9)]
 
 
+def test_a_recreated_log_is_read_from_its_start():
+    # The memory broker restarted: partition 0's end (40) is below where the query was (500).
+    reader = KafkaStreamReader({"kafka.bootstrap.servers": "x:1", "subscribe": "t"})
+    ranges = reader.partitions({"t": {"0": 500, "1": 7}}, {"t": {"0": 40, "1": 9}})
+    assert ranges == [OffsetRange("x:1", "t", 0, 0, 40), OffsetRange("x:1", "t", 1, 7, 9)]
+
+
+def test_the_cap_counts_a_recreated_log_from_its_start():
+    capped = cap_offsets({("t", 0): 500, ("t", 1): 0}, {("t", 0): 40, ("t", 1): 40},
+                         max_rows=40)
+    assert capped == {("t", 0): 20, ("t", 1): 20}
+
+
+def test_an_unreachable_broker_plans_no_new_data(monkeypatch):
+    reader = KafkaStreamReader({"kafka.bootstrap.servers": "x:1", "subscribe": "t"})
+
+    def broker_down():
+        raise ConnectionError("Broker transport failure")
+
+    monkeypatch.setattr(reader, "_end_offsets", broker_down)
+    start = {"t": {"0": 5}}
+    assert reader.latestOffset(start, reader.getDefaultReadLimit()) == start
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"subscribe": "t"}, "kafka.bootstrap.servers"),
     ({"kafka.bootstrap.servers": "x:1"}, "subscribe"),
