@@ -54,7 +54,8 @@ def build_query(spark, cfg: Settings, args: argparse.Namespace):
                        starting_offsets=args.starting_offsets,
                        max_offsets_per_trigger=cfg.stream_max_offsets_per_trigger,
                        group_id=consumer_group(args.query_name),
-                       cap_file=str(cap_path(cfg, args.query_name)))
+                       cap_file=str(cap_path(cfg, args.query_name)),
+                       read_tasks=spark.sparkContext.defaultParallelism)
     parsed = raw.mapInPandas(partial(parse_frames, topic_domains=topics,
                                      buckets=cfg.stream_buckets), SCHEMA)
     detected = (parsed.withWatermark("event_ts", f"{cfg.stream_allowed_lateness_s} seconds")

@@ -16,6 +16,10 @@ Options:
   group.id                  group whose committed offsets follow the query (optional)
   capFile                   JSON {"max_rows": N} the job rewrites after each batch: an adaptive
                             cap under maxOffsetsPerTrigger (see streaming.sinks.next_cap)
+  readTasks                 at most this many Spark tasks per micro-batch, each reading several
+                            topic-partitions (default: one task per topic-partition). A Python
+                            read task costs ~1 s of worker start-up on local[2] whatever its
+                            size (measured), so the job asks for one per core.
 
 The broker going away does not stop the query: while end offsets cannot be read, triggers plan
 no new data. A partition whose log end went back below the query's offset was recreated (the
@@ -53,12 +57,32 @@ Offsets = dict[str, dict[str, int]]  # {"topic": {"partition": next offset to re
 
 
 @dataclass(frozen=True)
-class OffsetRange(InputPartition):
+class OffsetRange:
     servers: str
     topic: str
     partition: int
     start: int
     end: int  # exclusive
+
+
+@dataclass(frozen=True)
+class ReadTask(InputPartition):
+    """The ranges one Spark task reads, one after the other."""
+    ranges: tuple[OffsetRange, ...]
+
+
+def group_ranges(ranges: list[OffsetRange], tasks: int) -> list[ReadTask]:
+    """At most `tasks` read tasks, balanced by record count (largest range first, each to the
+    least loaded task). Deterministic, so a replayed batch reads the same way."""
+    if len(ranges) <= tasks:
+        return [ReadTask((r,)) for r in ranges]
+    bins: list[list[OffsetRange]] = [[] for _ in range(tasks)]
+    loads = [0] * tasks
+    for r in sorted(ranges, key=lambda r: (r.start - r.end, r.topic, r.partition)):
+        least = loads.index(min(loads))
+        bins[least].append(r)
+        loads[least] += r.end - r.start
+    return [ReadTask(tuple(b)) for b in bins if b]
 
 
 class KafkaDataSource(DataSource):
@@ -121,6 +145,9 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if self.max_rows is not None and self.max_rows <= 0:
             raise ValueError("maxOffsetsPerTrigger must be positive")
         self.group_id = options.get("group.id")
+        self.read_tasks = int(options.get("readTasks", sys.maxsize))
+        if self.read_tasks <= 0:
+            raise ValueError("readTasks must be positive")
         self.cap_file = options.get("capFile")
         self._known_ends: dict[tuple[str, int], int] | None = None
         self._available_now_target: dict[tuple[str, int], int] | None = None
@@ -194,14 +221,14 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def reportLatestOffset(self) -> Offsets | None:
         return _nest(self._known_ends) if self._known_ends else None
 
-    def partitions(self, start: Offsets, end: Offsets) -> list[OffsetRange]:
+    def partitions(self, start: Offsets, end: Offsets) -> list[ReadTask]:
         begin = _flatten(start)
         ranges = []
         for (t, p), stop in _flatten(end).items():
             first = read_from(begin.get((t, p), 0), stop)
             if stop > first:
                 ranges.append(OffsetRange(self.servers, t, p, first, stop))
-        return ranges
+        return group_ranges(ranges, self.read_tasks)
 
     def commit(self, end: Offsets) -> None:
         if not self.group_id:
@@ -218,66 +245,71 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     # --- reading, on the executors ---------------------------------------------------------
 
-    def read(self, partition: OffsetRange) -> Iterator:
-        import pyarrow as pa
-        from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+    def read(self, partition: ReadTask) -> Iterator:
+        for offsets in partition.ranges:
+            yield from _read_range(offsets)
 
-        tp = TopicPartition(partition.topic, partition.partition, partition.start)
-        # An offset the broker no longer has is an error here, not a silent jump to the end.
-        reader = Consumer({"bootstrap.servers": partition.servers,
-                           "group.id": f"pa-source-{partition.topic}",
-                           "enable.auto.commit": False, "fetch.wait.max.ms": 50,
-                           "auto.offset.reset": "error"})
-        reader.assign([tp])
-        schema = pa.schema([("key", pa.binary()), ("value", pa.binary()),
-                            ("topic", pa.string()), ("partition", pa.int32()),
-                            ("offset", pa.int64()), ("timestamp", pa.timestamp("us", "UTC")),
-                            ("timestampType", pa.int32())])
-        position = partition.start
-        last_progress = time.monotonic()
-        try:
-            while position < partition.end:
-                stalled_s = time.monotonic() - last_progress
-                if stalled_s > _GONE_CHECK_S and _log_end(reader, tp) < partition.end:
-                    _skip_gone(partition, position, "the log end went back")
-                    return
-                if stalled_s > _STALL_TIMEOUT_S:
-                    raise RuntimeError(
-                        f"{partition.topic}[{partition.partition}] offsets {position}.."
-                        f"{partition.end - 1} planned but unreadable for {_STALL_TIMEOUT_S}s")
-                # Ask only for what the range still holds, so consume returns at once.
-                wanted = min(_READ_BATCH, partition.end - position)
-                keys, values, offsets, stamps, kinds = [], [], [], [], []
-                for msg in reader.consume(wanted, 0.5):
-                    if msg.error():
-                        if msg.error().code() == KafkaError._AUTO_OFFSET_RESET:
-                            _skip_gone(partition, position, str(msg.error()))
-                            return
-                        raise KafkaException(msg.error())
-                    if msg.offset() >= partition.end:
-                        break
-                    kind, stamp = msg.timestamp()
-                    keys.append(msg.key())
-                    values.append(msg.value())
-                    offsets.append(msg.offset())
-                    stamps.append(stamp)
-                    kinds.append(kind)
-                if not offsets:
-                    continue
-                position = offsets[-1] + 1
-                last_progress = time.monotonic()
-                size = len(offsets)
-                yield pa.RecordBatch.from_arrays([
-                    pa.array(keys, pa.binary()), pa.array(values, pa.binary()),
-                    pa.array([partition.topic] * size, pa.string()),
-                    pa.array([partition.partition] * size, pa.int32()),
-                    pa.array(offsets, pa.int64()),
-                    # Kafka timestamps are epoch ms; Spark timestamps are µs.
-                    pa.array([ms * 1000 for ms in stamps], pa.timestamp("us", "UTC")),
-                    pa.array(kinds, pa.int32()),
-                ], schema=schema)
-        finally:
-            reader.close()
+
+def _read_range(partition: OffsetRange) -> Iterator:
+    import pyarrow as pa
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+    tp = TopicPartition(partition.topic, partition.partition, partition.start)
+    # An offset the broker no longer has is an error here, not a silent jump to the end.
+    reader = Consumer({"bootstrap.servers": partition.servers,
+                       "group.id": f"pa-source-{partition.topic}",
+                       "enable.auto.commit": False, "fetch.wait.max.ms": 50,
+                       "auto.offset.reset": "error"})
+    reader.assign([tp])
+    schema = pa.schema([("key", pa.binary()), ("value", pa.binary()),
+                        ("topic", pa.string()), ("partition", pa.int32()),
+                        ("offset", pa.int64()), ("timestamp", pa.timestamp("us", "UTC")),
+                        ("timestampType", pa.int32())])
+    position = partition.start
+    last_progress = time.monotonic()
+    try:
+        while position < partition.end:
+            stalled_s = time.monotonic() - last_progress
+            if stalled_s > _GONE_CHECK_S and _log_end(reader, tp) < partition.end:
+                _skip_gone(partition, position, "the log end went back")
+                return
+            if stalled_s > _STALL_TIMEOUT_S:
+                raise RuntimeError(
+                    f"{partition.topic}[{partition.partition}] offsets {position}.."
+                    f"{partition.end - 1} planned but unreadable for {_STALL_TIMEOUT_S}s")
+            # Ask only for what the range still holds, so consume returns at once.
+            wanted = min(_READ_BATCH, partition.end - position)
+            keys, values, offsets, stamps, kinds = [], [], [], [], []
+            for msg in reader.consume(wanted, 0.5):
+                if msg.error():
+                    if msg.error().code() == KafkaError._AUTO_OFFSET_RESET:
+                        _skip_gone(partition, position, str(msg.error()))
+                        return
+                    raise KafkaException(msg.error())
+                if msg.offset() >= partition.end:
+                    break
+                kind, stamp = msg.timestamp()
+                keys.append(msg.key())
+                values.append(msg.value())
+                offsets.append(msg.offset())
+                stamps.append(stamp)
+                kinds.append(kind)
+            if not offsets:
+                continue
+            position = offsets[-1] + 1
+            last_progress = time.monotonic()
+            size = len(offsets)
+            yield pa.RecordBatch.from_arrays([
+                pa.array(keys, pa.binary()), pa.array(values, pa.binary()),
+                pa.array([partition.topic] * size, pa.string()),
+                pa.array([partition.partition] * size, pa.int32()),
+                pa.array(offsets, pa.int64()),
+                # Kafka timestamps are epoch ms; Spark timestamps are µs.
+                pa.array([ms * 1000 for ms in stamps], pa.timestamp("us", "UTC")),
+                pa.array(kinds, pa.int32()),
+            ], schema=schema)
+    finally:
+        reader.close()
 
 
 def _log_end(reader, tp) -> int:
@@ -299,7 +331,8 @@ def _skip_gone(partition: OffsetRange, position: int, why: str) -> None:
 
 def kafka_stream(spark, servers: str, topics: list[str], *, native: bool = False,
                  starting_offsets: str = "earliest", max_offsets_per_trigger: int | None = None,
-                 group_id: str | None = None, cap_file: str | None = None):
+                 group_id: str | None = None, cap_file: str | None = None,
+                 read_tasks: int | None = None):
     """A streaming DataFrame over `topics` from this source or Spark's native `kafka` format.
 
     Both give the same columns; the native format needs the spark-sql-kafka jar on the
@@ -319,5 +352,7 @@ def kafka_stream(spark, servers: str, topics: list[str], *, native: bool = False
         source = "pa_kafka"
         if cap_file:
             options["capFile"] = cap_file
+        if read_tasks:
+            options["readTasks"] = str(read_tasks)
     columns = [c.split()[0] for c in SCHEMA.split(", ")]
     return spark.readStream.format(source).options(**options).load().select(*columns)

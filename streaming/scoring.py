@@ -1,17 +1,16 @@
 """Champion-model scoring of a micro-batch's feature rows, without a Spark job per event.
 
 The driver checks each domain's `champion` alias every few seconds (`ModelWatch`) and compiles
-a new version once into the local scorer; the compiled arrays travel to the executors with the
-scoring function, so no worker downloads anything, a model swap needs no restart, and every
-incident names its version. The Spark PipelineModel path (setting `stream_scorer=spark`)
-applies the same version with `transform` once per micro-batch instead.
+a new version once into the local scorer, which scores the batch's feature rows on the driver
+(they are there already: the sink collects each micro-batch once), so a model swap needs no
+restart and every incident names its version. The Spark PipelineModel path (setting
+`stream_scorer=spark`) applies the same version with `transform` once per micro-batch instead.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -20,9 +19,6 @@ from models.features import FEATURES
 from patternalarm.settings import model_name
 
 log = logging.getLogger(__name__)
-
-SCORED = ("domain string, entity_id string, event_id string, event_time long, "
-          "broker_time long, score double, top_features string")
 
 
 @dataclass(frozen=True)
@@ -76,23 +72,17 @@ class ModelWatch:
         return found
 
 
-def score_frames(frames: Iterator[pd.DataFrame],
-                 champions: dict[str, Champion]) -> Iterator[pd.DataFrame]:
+def score_features(frame: pd.DataFrame, champions: dict[str, Champion]) -> pd.DataFrame:
     """Rows the champion labels positive (p1 over its threshold), with the score."""
-    for frame in frames:
-        for domain, rows in frame.groupby("domain", sort=False):
-            champion = champions.get(domain)
-            if champion is None:
-                continue
-            scorer = champion.scorer
-            matrix = pd.DataFrame(list(rows["features"]), columns=list(FEATURES[domain]))
-            p1, label = scorer.score(matrix)
-            hits = rows.loc[label.astype(bool)]
-            if hits.empty:
-                continue
-            yield pd.DataFrame({
-                "domain": domain, "entity_id": hits["entity_id"].to_numpy(),
-                "event_id": hits["event_id"].to_numpy(),
-                "event_time": hits["event_time"].to_numpy(),
-                "broker_time": hits["broker_time"].to_numpy(),
-                "score": p1[label.astype(bool)], "top_features": ""})
+    hits = []
+    for domain, rows in frame.groupby("domain", sort=False):
+        champion = champions.get(domain)
+        if champion is None:
+            continue
+        matrix = pd.DataFrame(list(rows["features"]), columns=list(FEATURES[domain]))
+        p1, label = champion.scorer.score(matrix)
+        positive = label.astype(bool)
+        hits.append(rows.loc[positive, ["domain", "entity_id", "event_id", "event_time"]]
+                    .assign(score=p1[positive]))
+    return pd.concat(hits) if hits else pd.DataFrame(
+        columns=["domain", "entity_id", "event_id", "event_time", "score"])

@@ -14,15 +14,19 @@ import contextlib
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg2.extensions import connection
 from psycopg2.extras import Json, execute_values
+from pyspark.sql import Row
 from pyspark.sql.streaming import StreamingQueryListener
 
 log = logging.getLogger("patternalarm.stream")
@@ -186,65 +190,67 @@ class BatchSink:
             batch.write.format("noop").mode("overwrite").save()
             log.info(json.dumps({"event": "batch_replayed_skipped", "batch_id": batch_id}))
             return
-        batch = batch.persist()
+        # One Spark job per micro-batch. The stateful step's output is small (a row per event
+        # and its features), so it comes to the driver once, as Arrow, and the lake file, the
+        # scores, the incidents and the offsets are all taken from that. Each further action
+        # on `batch` would be another Spark job: on local[2] ~0.2 s for a small collect and
+        # ~1.4 s for a Parquet write.
+        rows = batch.toArrow()
         try:
-            features = batch.where("kind = 'features'")
-            stats = features.selectExpr(
-                "count(*) AS n", "percentile_approx(event_time, array(0.5, 0.01)) AS ev",
-                "percentile_approx(broker_time, array(0.5, 0.01)) AS br").first()
-            if stats.n:
+            features = rows.filter(pc.equal(rows["kind"], "features"))
+            n = features.num_rows
+            if n:
                 self._write_lake(features, batch_id)
             champions = self.watch.champions()
-            # Incidents and dead letters are few: one small collect for both.
-            rare = batch.where("kind <> 'features'").drop("features").collect()
+            rare = [Row(**r) for r in rows.filter(pc.not_equal(rows["kind"], "features"))
+                    .drop_columns(["features"]).to_pylist()]
             incidents = [self._rule_incident(r) for r in rare if r.kind == "incident"]
             dead = [r for r in rare if r.kind == "dlq"]
-            if stats.n and champions:
+            if n and champions:
                 incidents += self._model_incidents(features, champions)
             self._dead_letters(dead, batch_id)
-            self._advance(batch)
+            self._advance(rows)
             lag = self._lag()
             now_ms = time.time() * 1000.0
+            ev, br = ([float(q) for q in np.percentile(features[c].to_numpy(), [50, 1])]
+                      if n else None for c in ("event_time", "broker_time"))
             metrics = BatchMetrics(
-                input_rows=stats.n + len(dead),
+                input_rows=n + len(dead),
                 processing_ms=(time.monotonic() - started) * 1000.0,
-                event_latency_p50_ms=now_ms - stats.ev[0] if stats.n else None,
-                event_latency_p99_ms=now_ms - stats.ev[1] if stats.n else None,
-                broker_latency_p50_ms=now_ms - stats.br[0] if stats.n else None,
-                broker_latency_p99_ms=now_ms - stats.br[1] if stats.n else None,
+                event_latency_p50_ms=now_ms - ev[0] if n else None,
+                event_latency_p99_ms=now_ms - ev[1] if n else None,
+                broker_latency_p50_ms=now_ms - br[0] if n else None,
+                broker_latency_p99_ms=now_ms - br[1] if n else None,
                 lag_total=sum(lag.values()) if lag else None,
-                lag_by_partition={f"{t}-{p}": n for (t, p), n in lag.items()},
+                lag_by_partition={f"{t}-{p}": behind for (t, p), behind in lag.items()},
                 dead_lettered=len(dead),
                 model_versions={d: c.version for d, c in champions.items()})
             self._with_postgres(batch_id, commit_batch, self.query_name, batch_id, incidents,
                                 metrics)
-            self._adapt_cap(stats.n + len(dead), time.monotonic() - started,
-                            sum(lag.values()))
+            self._adapt_cap(n + len(dead), time.monotonic() - started, sum(lag.values()))
             log.info(log_line(self.query_name, batch_id, metrics))
         except Exception:
             self._drop_connection()
             raise
-        finally:
-            batch.unpersist()
 
     def _rule_incident(self, row) -> Incident:
         return Incident(row.domain, row.entity_id, row.detector, "rule", row.window_start,
                         row.severity, row.event_time, row.event_time,
                         evidence={**json.loads(row.evidence), "event_id": row.event_id})
 
-    def _model_incidents(self, features, champions) -> list[Incident]:
+    def _model_incidents(self, features: pa.Table, champions) -> list[Incident]:
         from patternalarm.settings import model_name
-        from streaming.scoring import SCORED, score_frames
+        from streaming.scoring import score_features
 
         if self.cfg.stream_scorer == "spark":
-            hits = self._spark_scores(features, champions)
+            hits = self._spark_scores(self.spark.createDataFrame(features), champions)
         else:
-            hits = features.mapInPandas(partial(score_frames, champions=champions),
-                                        SCORED).collect()
+            hits = score_features(features.to_pandas(), champions).itertuples(index=False)
         window_ms = 900_000
         return [Incident(h.domain, h.entity_id, "model", "model",
-                         h.event_time // window_ms * window_ms,
-                         "high" if h.score >= 0.9 else "medium", h.event_time, h.event_time,
+                         int(h.event_time) // window_ms * window_ms,
+                         "high" if h.score >= 0.9 else "medium", int(h.event_time),
+                         int(h.event_time),
                          score=float(h.score), model_name=model_name(h.domain),
                          model_version=champions[h.domain].version,
                          evidence={"score": float(h.score), "event_id": h.event_id})
@@ -273,11 +279,19 @@ class BatchSink:
                 "domain", "entity_id", "event_id", "event_time", "score").collect()
         return hits
 
-    def _write_lake(self, features, batch_id: int) -> None:
-        # One directory per batch id, overwritten whole: a replayed batch rewrites, never adds.
-        (features.select("domain", "entity_id", "event_id", "event_time", "features")
-         .write.mode("overwrite").partitionBy("domain")
-         .parquet(str(self.cfg.lake_dir / "features" / f"batch_id={batch_id}")))
+    def _write_lake(self, features: pa.Table, batch_id: int) -> None:
+        """One directory per batch id, replaced whole: a replayed batch rewrites, never adds.
+        Written aside, then renamed in (Spark's readers skip names starting with a dot)."""
+        import pyarrow.parquet as pq
+
+        target = self.cfg.lake_dir / "features" / f"batch_id={batch_id}"
+        staging = target.with_name(f".{target.name}.writing")
+        shutil.rmtree(staging, ignore_errors=True)
+        pq.write_to_dataset(features.select(
+            ["domain", "entity_id", "event_id", "event_time", "features"]), staging,
+            partition_cols=["domain"])
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
 
     def _dead_letters(self, dead: list, batch_id: int) -> None:
         if not dead:
@@ -303,10 +317,12 @@ class BatchSink:
 
     # --- lag and the adaptive cap ----------------------------------------------------------
 
-    def _advance(self, batch) -> None:
-        for row in batch.where("offset IS NOT NULL").groupBy("topic", "partition").agg(
-                {"offset": "max"}).collect():
-            self.positions[(row.topic, row.partition)] = row["max(offset)"] + 1
+    def _advance(self, rows: pa.Table) -> None:
+        read = rows.filter(pc.is_valid(rows["offset"])).group_by(["topic", "partition"]).aggregate(
+            [("offset", "max")])
+        for topic, partition, last in zip(*(read[c].to_pylist() for c in (
+                "topic", "partition", "offset_max")), strict=True):
+            self.positions[(topic, partition)] = last + 1
 
     def _lag(self) -> dict[tuple[str, int], int]:
         from confluent_kafka import TopicPartition

@@ -2,7 +2,13 @@
 
 import pytest
 
-from streaming.kafka_source import KafkaStreamReader, OffsetRange, cap_offsets
+from streaming.kafka_source import (
+    KafkaStreamReader,
+    OffsetRange,
+    ReadTask,
+    cap_offsets,
+    group_ranges,
+)
 
 
 def test_no_cap_needed_returns_the_ends():
@@ -26,14 +32,22 @@ def test_cap_never_starves_a_small_partition():
 def test_partitions_plan_only_ranges_with_data():
     reader = KafkaStreamReader({"kafka.bootstrap.servers": "x:1", "subscribe": "t"})
     ranges = reader.partitions({"t": {"0": 5, "1": 7}}, {"t": {"0": 9, "1": 7}})
-    assert ranges == [OffsetRange("x:1", "t", 0, 5, 9)]
+    assert ranges == [ReadTask((OffsetRange("x:1", "t", 0, 5, 9),))]
+
+
+def test_read_tasks_share_the_ranges_by_record_count():
+    ranges = [OffsetRange("x:1", "t", p, 0, size) for p, size in enumerate([50, 10, 40, 30, 20])]
+    tasks = group_ranges(ranges, 2)
+    assert sorted(sum(r.end - r.start for r in task.ranges) for task in tasks) == [70, 80]
+    assert sorted(r.partition for task in tasks for r in task.ranges) == [0, 1, 2, 3, 4]
 
 
 def test_a_recreated_log_is_read_from_its_start():
     # The memory broker restarted: partition 0's end (40) is below where the query was (500).
     reader = KafkaStreamReader({"kafka.bootstrap.servers": "x:1", "subscribe": "t"})
     ranges = reader.partitions({"t": {"0": 500, "1": 7}}, {"t": {"0": 40, "1": 9}})
-    assert ranges == [OffsetRange("x:1", "t", 0, 0, 40), OffsetRange("x:1", "t", 1, 7, 9)]
+    assert ranges == [ReadTask((OffsetRange("x:1", "t", 0, 0, 40),)),
+                      ReadTask((OffsetRange("x:1", "t", 1, 7, 9),))]
 
 
 def test_the_cap_counts_a_recreated_log_from_its_start():
