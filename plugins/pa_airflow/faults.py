@@ -5,7 +5,10 @@ Each method returns what was really done (pids, times), which the chaos verdict 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from pa_airflow.stream import StreamJob
@@ -40,9 +43,18 @@ class FaultInjector:
                 "topics_back_s": round(time.time() - stopped, 1)}
 
     def postgres_outage(self, seconds: float) -> dict[str, Any]:
+        """Stop the embedded PostgreSQL for `seconds`. Airflow's scheduler shuts down when its
+        metadata database goes away, after the running tasks (this one) finish: a detached
+        `patternalarm.heal` starts it again then (see there)."""
         if not self.cfg.embedded_postgres:
             raise ServiceError("PostgreSQL is external: an outage cannot be injected here")
-        return self._bounce(postgres_spec(self.cfg), seconds)
+        down = self._bounce(postgres_spec(self.cfg), seconds)
+        back = datetime.now(UTC)
+        with open(self.supervisor.log_path("heal"), "ab") as log:
+            healer = subprocess.Popen([sys.executable, "-m", "patternalarm.heal",
+                                       back.isoformat()], stdout=log, stderr=log,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        return {**down, "healer_pid": healer.pid}
 
     def _bounce(self, spec: ProcessSpec, down_s: float) -> dict[str, Any]:
         """Stop the service's process group, stay down `down_s`, start it, wait until healthy."""
@@ -56,3 +68,4 @@ class FaultInjector:
         self.supervisor.wait_healthy(spec, self.cfg.startup_timeout_s)
         return {"service": spec.name, "stopped_pid": proc.pid,
                 "down_s": round(time.time() - stopped, 1)}
+
