@@ -119,7 +119,29 @@ def test_chaos_verdicts_match_what_was_injected(stack):
     assert 0 < recovery <= 150 and details["duplicated_events"] == 0
 
 
-def test_retrain_reports_the_decision(stack):
+@pytest.fixture
+def iot_champion_restored(stack):
+    """The registry is shared by the session: put back the champion this run may replace (a
+    bootstrap-trained iot champion changes what later stream tests detect)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from patternalarm.settings import model_name
+
+    client, name = MlflowClient(stack.tracking_uri), model_name("iot")
+    try:
+        before = client.get_model_version_by_alias(name, "champion").version
+    except MlflowException:
+        before = None
+    yield
+    if before is not None:
+        client.set_registered_model_alias(name, "champion", before)
+    else:
+        with contextlib.suppress(MlflowException):
+            client.delete_registered_model_alias(name, "champion")
+
+
+def test_retrain_reports_the_decision(stack, iot_champion_restored):
     state, tasks, out = dags_test(stack, "patternalarm_retrain", {
         "domain": "iot", "source": "bootstrap", "promote": True})
     assert state == "success", out[-5000:]
