@@ -26,9 +26,9 @@ within `recovery_bound_s`.
 
 Chaos needs the stream to itself (other traffic would be counted as the run's). A Postgres
 outage also takes Airflow's metadata database down for its duration: keep `outage_s` short.
-Airflow's scheduler exits when its database goes away; on the embedded stack the scenario starts
-the services that died again once PostgreSQL is back (as `patternalarm up` does) and records
-which in `injected.restarted_after`. The running task itself survives the outage.
+Airflow's scheduler shuts down when its database goes away, once the running task (this one)
+ends; on the embedded stack the scenario leaves a detached `python -m patternalarm.heal`
+(`injected.healer_pid`, log `var/log/heal.log`) that starts the services again then.
 """
 
 from __future__ import annotations

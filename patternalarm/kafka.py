@@ -149,16 +149,18 @@ def high_watermarks(servers: str, partitions: Iterable[TopicPartition],
 def consumer_lag(settings: Settings, group_id: str,
                  topics: Iterable[str]) -> dict[tuple[str, int], int]:
     """Messages each partition's end is ahead of `group_id`'s committed offset."""
-    topics = list(topics)
-    ends = end_offsets(settings, topics)
+    ends = end_offsets(settings, list(topics))
+    done = committed_offsets(settings, group_id, ends)
+    return {tp: max(end - done.get(tp, 0), 0) for tp, end in ends.items()}
+
+
+def committed_offsets(settings: Settings, group_id: str, partitions: Iterable[tuple[str, int]],
+                      timeout_s: float = 10.0) -> dict[tuple[str, int], int]:
+    """`group_id`'s committed offset of each partition that has one."""
     reader = consumer(settings, group_id)
     try:
-        committed = reader.committed([TopicPartition(t, p) for t, p in ends], timeout=10)
+        committed = reader.committed([TopicPartition(t, p) for t, p in partitions],
+                                     timeout=timeout_s)
     finally:
         reader.close()
-    lag = {}
-    for tp in committed:
-        end = ends[(tp.topic, tp.partition)]
-        done = tp.offset if tp.offset >= 0 else 0
-        lag[(tp.topic, tp.partition)] = max(end - done, 0)
-    return lag
+    return {(tp.topic, tp.partition): tp.offset for tp in committed if tp.offset >= 0}

@@ -270,7 +270,7 @@ def _read_range(partition: OffsetRange) -> Iterator:
     try:
         while position < partition.end:
             stalled_s = time.monotonic() - last_progress
-            if stalled_s > _GONE_CHECK_S and _log_end(reader, tp) < partition.end:
+            if stalled_s > _GONE_CHECK_S and _log_end(partition, position) < partition.end:
                 _skip_gone(partition, position, "the log end went back")
                 return
             if stalled_s > _STALL_TIMEOUT_S:
@@ -312,12 +312,16 @@ def _read_range(partition: OffsetRange) -> Iterator:
         reader.close()
 
 
-def _log_end(reader, tp) -> int:
-    from confluent_kafka import KafkaException
+def _log_end(partition: OffsetRange, position: int) -> int:
+    """The partition's high watermark from a Fetch (ListOffsets is short of the end on Tansu)."""
+    from confluent_kafka import KafkaException, TopicPartition
 
+    from patternalarm.kafka import high_watermarks
+
+    key = (partition.topic, partition.partition)
     try:
-        return reader.get_watermark_offsets(tp, timeout=10)[1]
-    except KafkaException:  # broker unreachable: nothing known to be gone, keep waiting
+        return high_watermarks(partition.servers, [TopicPartition(*key, position)])[key]
+    except (KafkaException, TimeoutError):  # broker unreachable: nothing known gone, wait on
         return sys.maxsize
 
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import psycopg2
 import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg2.extensions import connection
@@ -328,37 +329,26 @@ class BatchSink:
         from confluent_kafka import TopicPartition
 
         from patternalarm import kafka
+        from streaming.kafka_source import read_from
 
         try:
             probes = [TopicPartition(t, p, self.ends.get((t, p), -1))
                       for t, p in self._partitions()]
             self.ends = kafka.high_watermarks(self.cfg.bootstrap_servers, probes, timeout_s=5)
             if not self.positions_restored:
-                self.positions = {**self._committed_positions(), **self.positions}
+                # Where the query was before this process: the source's group commits (one
+                # batch behind at most), so a restart does not report the whole log as lag.
+                self.positions = {**kafka.committed_offsets(
+                    self.cfg, consumer_group(self.query_name), self.ends, timeout_s=5),
+                    **self.positions}
                 self.positions_restored = True
         except Exception as exc:  # lag is a measurement: never fail the batch over it
             log.warning(json.dumps({"event": "lag_unavailable", "error": str(exc)[:200]}))
             self.ends = {}  # the log may have been recreated: probe from scratch next time
             return {}
-        # An end below the position is a recreated log (the memory broker restarted): all unread.
-        return {tp: end - position if end >= position else end
-                for tp, end in self.ends.items()
-                for position in [self.positions.get(tp, 0)]}
-
-    def _committed_positions(self) -> dict[tuple[str, int], int]:
-        """Where the query was before this process: the source's group commits (one batch
-        behind at most), so a restart does not report the whole log as lag."""
-        from confluent_kafka import TopicPartition
-
-        from patternalarm import kafka
-
-        reader = kafka.consumer(self.cfg, consumer_group(self.query_name))
-        try:
-            committed = reader.committed([TopicPartition(t, p) for t, p in self.ends],
-                                         timeout=5)
-        finally:
-            reader.close()
-        return {(tp.topic, tp.partition): tp.offset for tp in committed if tp.offset >= 0}
+        # A recreated log (end below the position) is all unread, as the source reads it.
+        return {tp: end - read_from(self.positions.get(tp, 0), end)
+                for tp, end in self.ends.items()}
 
     def _partitions(self) -> list[tuple[str, int]]:
         if not self.ends:
@@ -391,8 +381,6 @@ class BatchSink:
         """work(connection, *args), retried on a new connection while Postgres is unreachable,
         up to stream_postgres_retry_s: an outage stalls the stream instead of failing it. The
         batch ledger makes a retried commit exactly once."""
-        import psycopg2
-
         deadline = time.monotonic() + self.cfg.stream_postgres_retry_s
         while True:
             try:

@@ -68,4 +68,3 @@ class FaultInjector:
         self.supervisor.wait_healthy(spec, self.cfg.startup_timeout_s)
         return {"service": spec.name, "stopped_pid": proc.pid,
                 "down_s": round(time.time() - stopped, 1)}
-
