@@ -1,24 +1,40 @@
-"""Run long-lived processes in their own process groups, with state and logs in the var dir.
+"""Run long-lived processes in their own process groups, each under a small watchdog.
 
-A process's state file records its pid and start time, so a reused pid is not mistaken for
-it; stopping signals the whole process group, so children (gunicorn workers, Spark JVMs,
-postgres backends) never linger, even when the leader already died.
+`Supervisor.start` launches the watchdog (`python -m patternalarm.supervisor`, this module) as
+the leader of a new process group; the watchdog runs the service as its child in that group and
+keeps the state file up to date: its own pid and start time, the service's, the restarts and the
+last exit. Start times are compared, so a reused pid is never mistaken for the service. Stopping
+signals the watchdog, which passes the signal on to the service and does not restart it; then
+the whole group is stopped, so children (gunicorn workers, Spark JVMs, postgres backends) never
+linger, even when the service or the watchdog already died.
+
+Restarts follow systemd's `Restart=on-failure`, for specs with `restart=True`: an exit with a
+non-zero status or by a signal restarts the service after 1 s, then 2 s, 4 s ... up to the
+longest delay (30 s); a run that lasted longer than that starts the delays again from 1 s. A clean
+exit (status 0) or a stop is final. A service is restarted only once `wait_healthy` saw it
+healthy: one that fails during start-up fails `up` at once with its log, instead of retrying a
+bad configuration forever.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+# How long start() waits for a new watchdog to report its service, or for an exiting one to go.
+_SETTLE_S = 30.0
 
 
 class ServiceError(RuntimeError):
@@ -41,8 +57,12 @@ class ProcessSpec:
     stop_signal: int = signal.SIGTERM
     healthy: Callable[[], bool] = lambda: True
     # Runs before a cold start only (init a data dir, migrate a schema); must be idempotent.
+    # A restart by the watchdog does not run it again.
     prepare: Callable[[], None] | None = None
     url: str = ""
+    # Restart after an unexpected exit (see the module docstring); first and longest delay.
+    restart: bool = False
+    backoff_s: tuple[float, float] = (1.0, 30.0)
 
 
 @dataclass
@@ -53,6 +73,8 @@ class Status:
     pid: int | None
     rss_mb: float
     url: str
+    restarts: int = 0
+    last_exit: str | None = None
 
 
 class Supervisor:
@@ -66,31 +88,55 @@ class Supervisor:
     def _state_path(self, name: str) -> Path:
         return self.run_dir / f"{name}.json"
 
+    def _healthy_path(self, name: str) -> Path:
+        return self.run_dir / f"{name}.healthy"
+
     def _read_state(self, name: str) -> dict | None:
         try:
             return json.loads(self._state_path(name).read_text())
         except FileNotFoundError:
             return None
 
-    def process(self, name: str) -> psutil.Process | None:
-        """The live leader process of `name`, or None (never a stranger with a reused pid)."""
+    def _watchdog(self, name: str) -> psutil.Process | None:
         state = self._read_state(name)
-        if not state:
+        return _live(state["pid"], state["create_time"]) if state else None
+
+    def process(self, name: str) -> psutil.Process | None:
+        """The live service process of `name` (the watchdog's child), or None: stopped, or
+        waiting to be restarted. Never a stranger with a reused pid."""
+        state = self._read_state(name)
+        if not state or not state.get("child_pid"):
             return None
-        try:
-            proc = psutil.Process(state["pid"])
-            if abs(proc.create_time() - state["create_time"]) > 1 or proc.status() == "zombie":
-                return None
-            return proc
-        except psutil.NoSuchProcess:
-            return None
+        return _live(state["child_pid"], state["child_create_time"])
+
+    def _supervised(self, name: str) -> bool:
+        """Whether a watchdog runs `name` or is about to restart it.
+
+        A watchdog that has yet to notice its child's death, or that is on its way out, is
+        waited for: its next state decides.
+        """
+        deadline = time.monotonic() + _SETTLE_S
+        while True:
+            state = self._read_state(name)
+            watchdog = _live(state["pid"], state["create_time"]) if state else None
+            if watchdog is None:
+                return False
+            phase = state.get("phase")
+            if phase == "backoff" or (phase == "running" and self.process(name)):
+                return True
+            if time.monotonic() > deadline:
+                raise ServiceError(f"the watchdog of {name} (pid {watchdog.pid}) is stuck in "
+                                   f"phase {phase!r}; `patternalarm down` stops it")
+            time.sleep(0.05)
 
     def start(self, spec: ProcessSpec) -> bool:
-        """Start `spec` unless it already runs; returns True when a process was started."""
-        if self.process(spec.name):
+        """Start `spec` unless it runs (or its watchdog restarts it); True when started."""
+        if self._supervised(spec.name):
             return False
         crashed = self._read_state(spec.name) is not None
-        self._kill_group(spec.name, signal.SIGKILL)  # leftovers of a crashed leader
+        self._kill_group(spec.name, signal.SIGKILL)  # leftovers of a crashed service or watchdog
+        self._state_path(spec.name).unlink(missing_ok=True)
+        self._healthy_path(spec.name).unlink(missing_ok=True)
         for port, setting in spec.ports.items():
             # A killed multi-threaded process shows as a zombie while its other threads still
             # hold its sockets: give a crashed service's ports a moment to close.
@@ -99,32 +145,46 @@ class Supervisor:
             spec.prepare()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "patternalarm.supervisor", "--run-dir", str(self.run_dir),
+                "--name", spec.name]
+        if spec.user:
+            argv += ["--user", spec.user]
+        if spec.restart:
+            argv += ["--restart", "--backoff", *map(str, spec.backoff_s)]
         with open(self.log_path(spec.name), "ab") as log:
-            proc = subprocess.Popen(
-                spec.argv,
+            watchdog = subprocess.Popen(
+                [*argv, "--", *spec.argv],
                 env={**os.environ, **spec.env},
                 cwd=spec.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                user=spec.user,
             )
-        state = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(),
-                 "argv": spec.argv}
-        self._state_path(spec.name).write_text(json.dumps(state))
-        return True
+        # Callers ask for the service's pid right after start(): wait for the watchdog's report.
+        deadline = time.monotonic() + _SETTLE_S
+        while True:
+            state = self._read_state(spec.name)
+            if state and state["pid"] == watchdog.pid and state.get("phase") != "starting":
+                return True
+            if watchdog.poll() is not None or time.monotonic() > deadline:
+                raise ServiceError(f"the watchdog of {spec.name} did not start; last lines of "
+                                   f"{self.log_path(spec.name)}:\n{self.tail(spec.name)}")
+            time.sleep(0.02)
 
     def wait_healthy(self, spec: ProcessSpec, timeout_s: float) -> None:
+        """Wait until the service answers its health check; from then on it is restarted."""
         deadline = time.monotonic() + timeout_s
         while True:
-            if not self.process(spec.name):
+            if self.process(spec.name):
+                if spec.healthy():
+                    self._healthy_path(spec.name).touch()
+                    return
+            elif self._watchdog(spec.name) is None:
                 raise ServiceError(
                     f"{spec.name} exited during start-up; last lines of "
                     f"{self.log_path(spec.name)}:\n{self.tail(spec.name)}"
                 )
-            if spec.healthy():
-                return
             if time.monotonic() > deadline:
                 raise ServiceError(
                     f"{spec.name} not healthy after {timeout_s:.0f}s; last lines of "
@@ -135,10 +195,11 @@ class Supervisor:
     def stop(self, spec: ProcessSpec, timeout_s: float = 20.0) -> bool:
         """Stop the whole process group; returns True if something was running."""
         had = self._group_members(spec.name)
-        leader = self.process(spec.name)
+        # The watchdog passes the graceful signal to the service alone, which knows how to shut
+        # its children down (postgres fast shutdown on SIGINT, gunicorn draining its workers),
+        # and exits without a restart once it has gone.
+        leader = self._watchdog(spec.name) or self.process(spec.name)
         if leader:
-            # The leader alone gets the graceful signal: it knows how to shut its children down
-            # (postgres fast shutdown on SIGINT, gunicorn draining its workers).
             leader.send_signal(spec.stop_signal)
             psutil.wait_procs([leader], timeout=timeout_s)
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -150,13 +211,14 @@ class Supervisor:
                     member.send_signal(sig)
             psutil.wait_procs(rest, timeout=5)
         self._state_path(spec.name).unlink(missing_ok=True)
+        self._healthy_path(spec.name).unlink(missing_ok=True)
         return bool(had)
 
     def status(self, spec: ProcessSpec) -> Status:
         proc = self.process(spec.name)
-        members = self._group_members(spec.name)
+        state = self._read_state(spec.name) or {}
         rss = 0
-        for member in members:
+        for member in self._group_members(spec.name):
             with contextlib.suppress(psutil.NoSuchProcess):
                 rss += member.memory_info().rss
         return Status(
@@ -166,6 +228,8 @@ class Supervisor:
             pid=proc.pid if proc else None,
             rss_mb=rss / 2**20,
             url=spec.url,
+            restarts=state.get("restarts", 0),
+            last_exit=state.get("last_exit"),
         )
 
     def tail(self, name: str, lines: int = 20) -> str:
@@ -176,27 +240,43 @@ class Supervisor:
 
     def _group_members(self, name: str) -> list[psutil.Process]:
         state = self._read_state(name)
-        if not state:
-            return []
-        pgid = state["pid"]
-        members = []
-        for proc in psutil.process_iter():
-            try:
-                if os.getpgid(proc.pid) == pgid and proc.create_time() >= state["create_time"] - 1:
-                    members.append(proc)
-            except (ProcessLookupError, psutil.NoSuchProcess):
-                continue
-        return members
+        return _group(state["pid"], state["create_time"]) if state else []
 
     def _kill_group(self, name: str, sig: int) -> None:
-        members = [p for p in self._group_members(name) if _alive(p)]
-        for member in members:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                member.send_signal(sig)
-        # Signals are asynchronous: wait, so that freed ports are free when we return.
-        deadline = time.monotonic() + 5
-        while any(_alive(p) for p in members) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _kill_and_wait(self._group_members(name), sig)
+
+
+def _live(pid: int, create_time: float) -> psutil.Process | None:
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - create_time) > 1 or proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _group(pgid: int, since: float) -> list[psutil.Process]:
+    """Processes of process group `pgid` started after its leader (not a recycled group id)."""
+    members = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.create_time() >= since - 1:
+                members.append(proc)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return members
+
+
+def _kill_and_wait(procs: list[psutil.Process], sig: int) -> None:
+    members = [p for p in procs if _alive(p)]
+    for member in members:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.send_signal(sig)
+    # Signals are asynchronous: wait, so that freed ports are free when we return.
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in members) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -230,3 +310,119 @@ def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+# --- the watchdog process ------------------------------------------------------------------
+
+def _describe(returncode: int) -> str:
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit status {returncode}"
+
+
+class _Watchdog:
+    """Runs one service as its child and restarts it per the policy in the module docstring."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.state_path = Path(args.run_dir) / f"{args.name}.json"
+        self.healthy_path = Path(args.run_dir) / f"{args.name}.healthy"
+        self.me = psutil.Process()
+        self.child: subprocess.Popen | None = None
+        self.stopping: int | None = None
+        self.state = {"pid": self.me.pid, "create_time": self.me.create_time(),
+                      "phase": "starting", "child_pid": None, "child_create_time": None,
+                      "restarts": 0, "last_exit": None, "last_exit_at": None}
+
+    def _on_stop(self, signum: int, _frame: object) -> None:
+        self.stopping = signum
+        self._forward(signum)
+
+    def _forward(self, signum: int) -> None:
+        if self.child is not None and self.child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.child.pid, signum)
+
+    def _write(self, **changes: object) -> None:
+        self.state.update(changes)
+        # Readers poll this file: replace it whole, never let them see half of it.
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state))
+        tmp.replace(self.state_path)
+
+    def _say(self, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{stamp} [supervisor] {self.args.name}: {message}", flush=True)
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_stop)
+        first, longest = self.args.backoff
+        delay = first
+        while True:
+            started = time.monotonic()
+            try:
+                self.child = subprocess.Popen(self.args.argv, stdin=subprocess.DEVNULL,
+                                              user=self.args.user)
+            except OSError as exc:
+                self._say(f"cannot start {self.args.argv[0]}: {exc}")
+                self._write(phase="exited", child_pid=None, last_exit=f"cannot start: {exc}",
+                            last_exit_at=time.time())
+                return 127
+            if self.stopping:  # the stop signal came while the child was being created
+                self._forward(self.stopping)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                self._write(phase="running", child_pid=self.child.pid,
+                            child_create_time=psutil.Process(self.child.pid).create_time())
+            returncode = self.child.wait()
+            ran_s = time.monotonic() - started
+            failed = returncode != 0 and not self.stopping
+            self.state.update(last_exit=_describe(returncode), last_exit_at=time.time())
+            if not self.stopping:
+                # What the service left in its group are orphans (postgres backends still
+                # holding its shared memory, Spark's Python workers): a restart needs them gone.
+                _kill_and_wait([p for p in _group(self.me.pid, self.state["create_time"])
+                                if p.pid != self.me.pid], signal.SIGKILL)
+            if not (failed and self.args.restart and self.healthy_path.exists()):
+                if failed:
+                    self._say(f"{_describe(returncode)} after {ran_s:.1f}s; not restarted")
+                self._write(phase="exited", child_pid=None)
+                return 0 if self.stopping else (returncode if returncode >= 0
+                                                 else 128 - returncode)
+            if ran_s > longest:
+                delay = first
+            self._say(f"{_describe(returncode)} after {ran_s:.1f}s; "
+                      f"restart {self.state['restarts'] + 1} in {delay:g}s")
+            self._write(phase="backoff", child_pid=None)
+            deadline = time.monotonic() + delay
+            # Short sleeps: a stop during the delay must end the watchdog at once.
+            while not self.stopping and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self.stopping:
+                self._write(phase="exited")
+                return 0
+            self._write(restarts=self.state["restarts"] + 1)
+            delay = min(delay * 2, longest)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m patternalarm.supervisor",
+        description="Watchdog of one service (started by Supervisor.start; see the docstring).")
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--user")
+    parser.add_argument("--restart", action="store_true")
+    parser.add_argument("--backoff", nargs=2, type=float, default=(1.0, 30.0),
+                        metavar=("FIRST_S", "LONGEST_S"))
+    parser.add_argument("argv", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.argv[:1] == ["--"]:
+        args.argv = args.argv[1:]
+    if not args.argv:
+        parser.error("the service's command line is missing (after --)")
+    return _Watchdog(args).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -118,3 +118,83 @@ def test_start_refuses_a_taken_port(sup):
         with pytest.raises(PortInUse):
             sup.start(spec(ports={port: "PATTERNALARM_MLFLOW_PORT"}))
     assert sup.process("svc") is None
+
+
+# A service that records each start, then runs until the file `go` exists and exits with CODE.
+def flaky(tmp_path, code):
+    return (f"import pathlib, sys, time\n"
+            f"d = pathlib.Path({str(tmp_path)!r})\n"
+            f"with open(d / 'starts', 'a') as f: f.write(f'{{time.time()}}\\n')\n"
+            f"while not (d / 'go').exists(): time.sleep(0.01)\n"
+            f"sys.exit({code})\n")
+
+
+def starts(tmp_path):
+    path = tmp_path / "starts"
+    return [float(t) for t in path.read_text().split()] if path.exists() else []
+
+
+def test_failing_service_is_restarted_with_growing_delays(sup, tmp_path):
+    s = spec(code=flaky(tmp_path, 1), restart=True, backoff_s=(0.2, 1.6))
+    sup.start(s)
+    sup.wait_healthy(s, timeout_s=10)
+    (tmp_path / "go").touch()
+    wait_until(lambda: len(starts(tmp_path)) >= 5, timeout_s=20)
+    (tmp_path / "go").unlink()  # the next run stays up
+    times = starts(tmp_path)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.4 and gaps[2] >= 0.8 and gaps[3] >= 1.6
+    assert gaps[1] > gaps[0] and gaps[2] > gaps[1] and gaps[3] > gaps[2]
+    wait_until(lambda: sup.process("svc") is not None, timeout_s=10)
+    status = sup.status(s)
+    assert status.running and status.restarts == len(starts(tmp_path)) - 1 >= 4
+    assert status.last_exit == "exit status 1"
+    assert "restart 1 in 0.2s" in sup.tail("svc")
+
+
+def test_killed_service_is_restarted_after_its_orphans_are_removed(sup):
+    s = spec(restart=True, backoff_s=(0.1, 1.0))
+    sup.start(s)
+    sup.wait_healthy(s, timeout_s=10)
+    wait_until(lambda: len(group_of(sup, "svc")) == 3)  # watchdog, service, its child
+    service = sup.process("svc")
+    orphan = next(p for p in service.children())
+    os.kill(service.pid, signal.SIGKILL)
+    wait_until(lambda: sup.process("svc") is not None and sup.process("svc").pid != service.pid)
+    assert not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE
+    assert sup.status(s).restarts == 1
+    assert sup.status(s).last_exit == "killed by SIGKILL"
+    assert sup.start(s) is False  # `up` leaves a supervised service alone
+
+
+def test_clean_exit_is_not_restarted(sup, tmp_path):
+    s = spec(code=flaky(tmp_path, 0), restart=True, backoff_s=(0.1, 1.0))
+    sup.start(s)
+    sup.wait_healthy(s, timeout_s=10)
+    (tmp_path / "go").touch()
+    wait_until(lambda: sup._watchdog("svc") is None)
+    assert sup.process("svc") is None
+    assert len(starts(tmp_path)) == 1
+    assert sup.status(s).restarts == 0 and sup.status(s).last_exit == "exit status 0"
+
+
+def test_stop_is_not_a_failure_and_leaves_nothing(sup):
+    # The service dies of the stop signal (non-zero), which must not count as a crash.
+    s = spec(restart=True, backoff_s=(0.1, 1.0))
+    sup.start(s)
+    sup.wait_healthy(s, timeout_s=10)
+    wait_until(lambda: len(group_of(sup, "svc")) == 3)
+    members = group_of(sup, "svc")
+    assert sup.stop(s) is True
+    assert not any(m.is_running() and m.status() != psutil.STATUS_ZOMBIE for m in members)
+    assert sup.process("svc") is None and sup._read_state("svc") is None
+
+
+def test_failure_during_start_up_is_reported_not_retried(sup, tmp_path):
+    s = spec(code=flaky(tmp_path, 3).replace("while not", "if False and not"),
+             restart=True, backoff_s=(0.1, 1.0), healthy=lambda: False)
+    sup.start(s)
+    with pytest.raises(ServiceError, match="exited during start-up"):
+        sup.wait_healthy(s, timeout_s=10)
+    assert sup._watchdog("svc") is None
+    assert len(starts(tmp_path)) == 1
