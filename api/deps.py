@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader
 
@@ -24,6 +25,9 @@ class Resources:
     database: Database
     models: ModelProvider
     telemetry: Telemetry
+    # Scoring's own worker threads, apart from the pool that runs the database routes: requests
+    # waiting for a connection never hold up /predict. Scoring is CPU work, a few threads will do.
+    scoring: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(4))
 
 
 def resources(request: Request) -> Resources:

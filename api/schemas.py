@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from fastapi.exceptions import RequestValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import models_json_schema
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from patternalarm import domains
+from patternalarm.events import ATTRIBUTES, ENVELOPE, Contract
 
+M = TypeVar("M", bound=BaseModel)
 Domain = Literal["payments", "gaming", "iot"]
 Status = Literal["open", "acknowledged", "resolved"]
+# The pattern of text parameters: PostgreSQL text cannot hold NUL, so one is a bad field (422)
+# rather than a driver error (500).
+NO_NUL = r"^[^\x00]*$"
 
 
 class Incident(BaseModel):
@@ -63,7 +79,43 @@ class Health(BaseModel):
 MAX_EVENTS = 1_000   # history of one entity sent to /predict
 MAX_BATCH = 10_000   # items of one /predict/batch; more is answered 413
 
+MAX_EVENT_ERRORS = 20  # per request item: enough to fix a client, bounded for a hostile one
+
 FeatureValue = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _contract_errors(contract: Contract, event: object, loc: tuple) -> list[InitErrorDetails]:
+    """The contract's problems of one event, each located at the field it names.
+
+    A problem reads ``<field path>: <what is wrong>``; one whose path is not a contract field
+    (an unknown field, whose name may hold anything) stays on the event, message whole.
+    """
+    fields = {f.name for f in ENVELOPE} | {"payload"} | {
+        f"payload.{f.name}" for f in (*contract.payload, ATTRIBUTES)}
+    errors = []
+    for problem in contract.problems(event):
+        path, _, what = problem.partition(": ")
+        where = (*loc, *path.split(".")) if path in fields else loc
+        errors.append(InitErrorDetails(
+            type=PydanticCustomError("contract", "{problem}",
+                                     {"problem": what if path in fields else problem}),
+            loc=where, input=event))
+    return errors
+
+
+def parse(model: type[M], raw: bytes) -> M:
+    """A request body decoded and validated by pydantic in one pass over the bytes.
+
+    The routes that take large bodies call this in a worker thread, so decoding and checking
+    megabytes never stalls the event loop. Errors have FastAPI's 422 shape. pydantic's own
+    decoder keeps big numbers as they are, so 1e400 or a 400-digit integer is refused by the
+    field it was sent in, and the error's loc names it.
+    """
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
 
 
 class PredictRequest(BaseModel):
@@ -90,10 +142,11 @@ class PredictRequest(BaseModel):
         if events is None or domain is None:
             return events
         contract = domains.contract(domain)
-        problems = [f"events[{i}]: {p}" for i, e in enumerate(events)
-                    for p in contract.problems(e)]
-        if problems:
-            raise ValueError("; ".join(problems[:20]))
+        errors = [error for i, event in enumerate(events)
+                  for error in _contract_errors(contract, event, (i,))]
+        if errors:
+            # pydantic nests these under the field, so each error's loc names the event field.
+            raise ValidationError.from_exception_data("events", errors[:MAX_EVENT_ERRORS])
         if len({e["entity_id"] for e in events}) > 1:
             raise ValueError("events must all belong to one entity")
         return events
@@ -132,3 +185,22 @@ class Prediction(BaseModel):
 
 class BatchPrediction(BaseModel):
     items: list[Prediction]
+
+
+# Bodies that routes decode themselves (see parse) are documented by reference, and their
+# schemas added to the OpenAPI components by the app: FastAPI only documents what it decodes.
+_SCHEMA_REF = "#/components/schemas/{model}"
+
+
+def body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` of a route whose body is `model`."""
+    ref = _SCHEMA_REF.format(model=model.__name__)
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": {"$ref": ref}}}}}
+
+
+def body_schemas() -> dict[str, Any]:
+    """OpenAPI component schemas of the self-decoded bodies and the models they nest."""
+    _, schema = models_json_schema([(m, "validation") for m in (PredictRequest, BatchRequest)],
+                                   ref_template=_SCHEMA_REF)
+    return schema["$defs"]

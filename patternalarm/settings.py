@@ -70,6 +70,8 @@ class Settings(BaseSettings):
 
     # The scoring API and dashboard (api/, served by uvicorn).
     api_port: Port = 8000
+    # Request bodies over this many bytes are refused (413) before they are read further.
+    api_max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
 
     # The streaming job (streaming/job.py).
     stream_source: Literal["python", "native"] = "python"  # native: Spark's kafka format

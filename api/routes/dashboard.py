@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from api import queries
 from api.deps import Res
+from api.schemas import NO_NUL
 from patternalarm.settings import PROJECT_ROOT
 
 router = APIRouter(prefix="/dashboard", tags=["dashboard"])
@@ -88,7 +90,8 @@ def data(res: Res, minutes: Annotated[int, Query(ge=1, le=24 * 60)] = 15) -> dic
 
 @router.get("/load-runs/{run_id}/chart", summary="The chart a load run saved",
             response_class=FileResponse)
-def load_run_chart(res: Res, run_id: str) -> FileResponse:
+def load_run_chart(res: Res,
+                   run_id: Annotated[str, PathParam(pattern=NO_NUL)]) -> FileResponse:
     with res.database.cursor() as cur:
         cur.execute(*queries.load_run_chart(run_id))
         row = cur.fetchone()
