@@ -64,6 +64,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     replay.add_argument("--label-col", help="column whose positive rows become ground truth")
     replay.add_argument("--speedup", type=float, default=1.0,
                         help="replay this many times faster than the file's own time")
+    # Checks that argparse cannot make (see plan_from_args) print the same usage as its own.
+    p.set_defaults(generate_usage=p.format_usage())
     return p
 
 
@@ -175,7 +177,7 @@ def run(cfg: Settings, args: argparse.Namespace) -> int:
     try:
         plan = plan_from_args(args)
     except UsageError as exc:
-        print(f"patternalarm generate: {exc}", file=sys.stderr)
+        print(f"{args.generate_usage}patternalarm generate: {exc}", file=sys.stderr)
         return EXIT_USAGE
     progress = _progress_bar(plan) if sys.stdout.isatty() and not args.json else None
     try:

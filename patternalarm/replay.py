@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from patternalarm import domains
-from patternalarm.events import SCHEMA_VERSION, InvalidEvent
+from patternalarm.events import SCHEMA_VERSION, Field, InvalidEvent
 from patternalarm.generator import (
     Episode,
     ProgressFn,
@@ -31,11 +31,18 @@ from patternalarm.generator import (
 )
 from patternalarm.settings import Settings
 
+# The value type of payload.attributes, to judge one cell of an extra numeric column.
+_ATTRIBUTE_VALUE = Field("attributes", "double")
 _NEGATIVE = {"", "0", "0.0", "false", "no", "n", "none", "nan"}
 
 
 class ReplayError(ValueError):
     """The file or its columns cannot be replayed; the message names what is wrong."""
+
+
+def _bad_cell(path: Path, row: int, column: Any, what: str) -> ReplayError:
+    # Rows count from 1 after the header, as a spreadsheet shows them below it.
+    return ReplayError(f"{path}: row {row + 1}, column {str(column)!r}: {what}")
 
 
 @dataclass(frozen=True)
@@ -76,19 +83,26 @@ def load(path: Path) -> Any:
     raise ReplayError(f"{path}: expected a .csv or .parquet file")
 
 
-def _seconds(column: Any, name: str) -> list[float]:
+def _seconds(column: Any, path: Path) -> list[float]:
+    import numpy as np
     import pandas as pd
 
-    if column.isna().any():
-        raise ReplayError(f"time column {name!r} has {int(column.isna().sum())} empty values")
-    if pd.api.types.is_numeric_dtype(column):
-        return [float(v) for v in column]
-    try:
-        stamps = pd.to_datetime(column, utc=True)
-    except (ValueError, TypeError) as exc:
-        raise ReplayError(f"time column {name!r} is neither seconds nor timestamps: {exc}") \
-            from None
-    return [ts.value / 1e9 for ts in stamps]
+    empty = column.isna()
+    if empty.any():
+        raise _bad_cell(path, int(np.argmax(empty)), column.name,
+                        f"empty time ({int(empty.sum())} empty in the column)")
+    # What cannot be read becomes NaN, so the first bad cell can be named. A column of text
+    # that is mostly numbers is seconds with a few bad cells, not timestamps.
+    seconds = pd.to_numeric(column, errors="coerce").astype("float64")
+    if not pd.api.types.is_numeric_dtype(column) and seconds.notna().sum() * 2 < len(column):
+        stamps = pd.to_datetime(column, utc=True, errors="coerce")
+        seconds = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    bad = ~np.isfinite(seconds.to_numpy())
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise _bad_cell(path, row, column.name,
+                        f"{column.tolist()[row]!r} is neither seconds nor a timestamp")
+    return seconds.tolist()
 
 
 def _entity(value: Any) -> str:
@@ -111,6 +125,27 @@ def _cast(kind: str, value: Any) -> Any:
     if kind == "boolean":
         return _positive(value)
     return _entity(value)
+
+
+def _cell(path: Path, row: dict[str, Any], row_number: int, column: Any, kind: str) -> Any:
+    try:
+        return _cast(kind, row[column])
+    except (ValueError, OverflowError):  # text in a number column; int() of inf
+        raise _bad_cell(path, row_number, column, f"{row[column]!r} is not a {kind}") from None
+
+
+def _row_error(path: Path, row_number: int, problem: str, columns: dict[str, Any],
+               attributes: dict[str, float]) -> ReplayError:
+    """A contract problem of a row's event, put back on the file's column it came from."""
+    field, _, what = problem.partition(": ")
+    if field in columns:
+        return _bad_cell(path, row_number, columns[field], what)
+    if field == "payload.attributes":  # the contract judges the map: find the cell
+        for column, value in attributes.items():
+            cell = _ATTRIBUTE_VALUE.problems(value)
+            if cell:
+                return _bad_cell(path, row_number, column, cell[0].partition(": ")[2])
+    return ReplayError(f"{path}: row {row_number + 1}: {problem}")
 
 
 class ReplaySource:
@@ -144,19 +179,24 @@ class ReplaySource:
         self.ignored = [str(c) for c in frame.columns
                         if c not in special and c not in mapped and c not in extra]
 
-        seconds = _seconds(frame[options.time_col], options.time_col)
+        seconds = _seconds(frame[options.time_col], options.path)
         order = sorted(range(len(seconds)), key=seconds.__getitem__)
         first = seconds[order[0]]
         self.timeline = ReplayTimeline([(seconds[r] - first) / options.speedup for r in order])
         # (key, value, event_id, event_time, episode kind or None), in time order
         self.messages: list[tuple[bytes, bytes, str, int, str | None]] = []
         self.positives = 0
+        # Where each contract field comes from, so a problem names the file's column.
+        columns = {"entity_id": options.entity_col, "event_time": options.time_col,
+                   **{f"payload.{f.name}": c for c, f in mapped.items()}}
         records = frame.to_dict("records")
         for i, row_number in enumerate(order):
             row = records[row_number]
+            if _missing(row[options.entity_col]):
+                raise _bad_cell(options.path, row_number, options.entity_col, "empty entity")
             entity = _entity(row[options.entity_col])
-            payload = {f.name: _cast(f.type, row[c]) for c, f in mapped.items()
-                       if not _missing(row[c])}
+            payload = {f.name: _cell(options.path, row, row_number, c, f.type)
+                       for c, f in mapped.items() if not _missing(row[c])}
             attributes = {str(c): float(row[c]) for c in extra if not _missing(row[c])}
             if attributes:
                 payload["attributes"] = attributes
@@ -167,8 +207,9 @@ class ReplaySource:
                      "payload": payload}
             try:
                 value = contract.encode(event)
-            except InvalidEvent as exc:
-                raise ReplayError(f"{options.path}: row {row_number + 1}: {exc}") from None
+            except InvalidEvent:
+                raise _row_error(options.path, row_number, contract.problems(event)[0],
+                                 columns, attributes) from None
             kind = None
             if options.label_col and _positive(row[options.label_col]):
                 kind = f"{options.label_col}={row[options.label_col]}"

@@ -5,6 +5,7 @@ import json
 import pandas as pd
 import pytest
 
+from patternalarm import cli
 from patternalarm.domains import payments
 from patternalarm.replay import ReplayError, ReplayOptions, ReplaySource
 
@@ -51,7 +52,7 @@ def test_rows_become_events_in_time_order_with_labels_as_episodes(tmp_path, suff
 def test_a_row_that_breaks_the_contract_stops_the_replay_naming_it(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("card,t,amount\nc1,0,5\nc2,1,-3\n")
-    with pytest.raises(ReplayError, match=r"row 2: payload\.amount: -3\.0 below"):
+    with pytest.raises(ReplayError, match=r"row 2, column 'amount': -3\.0 below"):
         ReplaySource(ReplayOptions(path, "payments", "card", "t"), "rtest", START_MS)
 
 
@@ -62,6 +63,40 @@ def test_timestamps_in_text_are_parsed(tmp_path):
                     "d1,2024-05-01T10:00:00Z,temperature,20.0\n")
     source = ReplaySource(ReplayOptions(path, "iot", "device", "at"), "rtest", START_MS)
     assert source.timeline.offsets == [0.0, 30.0]
-    with pytest.raises(ReplayError, match="time column 'at' has 1 empty values"):
+    with pytest.raises(ReplayError, match="row 1, column 'at': empty time"):
         path.write_text("device,at,sensor_type,value\nd1,,temperature,1\n")
         ReplaySource(ReplayOptions(path, "iot", "device", "at"), "rtest", START_MS)
+
+
+@pytest.mark.parametrize(("row", "column", "second_row", "named"), [
+    (2, "amount", "c2,1,lots,0.25", "'lots' is not a double"),
+    (2, "amount", "c2,1,inf,0.25", "not a finite number"),
+    (2, "amount", "c2,1,1e400,0.25", "not a finite number"),
+    (2, "amount", "c2,1,-3,0.25", "-3.0 below 0"),
+    (2, "V1", "c2,1,7,-inf", "not a finite number"),
+    (2, "card", ",1,7,0.25", "empty entity"),
+    (2, "t", "c2,,7,0.25", "empty time"),
+    (2, "t", "c2,inf,7,0.25", "inf is neither seconds nor a timestamp"),
+    (2, "t", "c2,soon,7,0.25", "'soon' is neither seconds nor a timestamp"),
+    (3, "t", "c2,1,7,0.25\nc3,1e300,7,0.25", "number out of long range"),
+    (3, "t", "c2,1,7,0.25\nc3,3e9,7,0.25", "above"),  # past the contract's event-time range
+])
+@pytest.mark.usefixtures("clean_settings_env")
+def test_a_bad_cell_exits_2_naming_row_and_column(tmp_path, capsys, row, column, second_row,
+                                                  named):
+    path = tmp_path / "bad.csv"
+    path.write_text(f"card,t,amount,V1\nc1,0,5,0.5\n{second_row}\n")
+    code = cli.main(["generate", "--from-file", str(path), "--domain", "payments",
+                     "--entity-col", "card", "--time-col", "t", "--no-db"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"bad.csv: row {row}, column '{column}': " in err and named in err, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.usefixtures("clean_settings_env")
+def test_cli_usage_errors_exit_2_with_the_usage(capsys):
+    code = cli.main(["generate", "--from-file", "x.csv", "--domain", "payments"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("usage: patternalarm generate ") and "--from-file needs" in err
