@@ -39,15 +39,19 @@ def cmd_status(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         print(json.dumps([row.__dict__ for row in rows]))
     else:
-        print(f"{'service':<20} {'state':<10} {'pid':>8} {'rss MB':>8}  url")
+        print(f"{'service':<20} {'state':<10} {'pid':>8} {'rss MB':>8} {'restarts':>8}  url")
         for row in rows:
             state = "healthy" if row.healthy else ("starting" if row.running else "stopped")
             pid = row.pid or "-"
-            print(f"{row.name:<20} {state:<10} {pid:>8} {row.rss_mb:>8.0f}  {row.url}")
-        keys = secrets.path(cfg)
-        if keys.exists():
-            password = secrets.load(cfg)["airflow_admin_password"]
-            print(f"\nAirflow UI login: {cfg.airflow_admin_user} / {password}  (from {keys})")
+            print(f"{row.name:<20} {state:<10} {pid:>8} {row.rss_mb:>8.0f} {row.restarts:>8}"
+                  f"  {row.url}")
+        for row in rows:
+            if row.restarts:
+                print(f"{row.name}: restarted {row.restarts}x, last exit: {row.last_exit}")
+        # The password itself stays in the file: status output ends up in terminals' scrollback,
+        # CI logs and bug reports.
+        print(f"\nAirflow UI login: {cfg.airflow_admin_user}, password "
+              f"`airflow_admin_password` in {secrets.path(cfg)}")
         print(f"logs: {cfg.var_dir / 'log'}")
     return 0 if all(row.healthy for row in rows) else 1
 

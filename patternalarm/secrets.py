@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from patternalarm.settings import Settings
@@ -34,8 +35,14 @@ def load(settings: Settings) -> dict[str, str]:
     if missing:
         values.update(missing)
         file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(values, indent=2))
-        tmp.chmod(0o600)
-        tmp.replace(file)
+        # mkstemp creates the file with O_EXCL and mode 0600: no moment where another user
+        # could open it; the rename then replaces the old file whole.
+        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".secrets-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(values, out, indent=2)
+            os.replace(tmp, file)
+        except BaseException:
+            os.unlink(tmp)
+            raise
     return values

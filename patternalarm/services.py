@@ -1,8 +1,13 @@
 """The embedded stack: PostgreSQL, S3 (durable broker storage), the Tansu broker, MLflow, Airflow.
 
-`up` starts what is not running (a crashed process is restarted), waits until each service
-answers its health check, creates databases, applies migrations and creates topics. Services
-configured as external (a URL in the settings) are not started, only checked for reachability.
+`up` starts what is not running, waits until each service answers its health check, creates
+databases, applies migrations and creates topics. From then on each service's watchdog restarts
+it when it exits unexpectedly (see :mod:`patternalarm.supervisor`). Services configured as
+external (a URL in the settings) are not started, only checked for reachability.
+
+No secret is ever on a command line (`ps` shows those to every user) or in a URL handed to a
+service (services log their URLs): the Postgres password reaches MLflow and Airflow as
+PGPASSWORD, which libpq reads, and the other keys as environment variables.
 """
 
 from __future__ import annotations
@@ -133,7 +138,20 @@ def postgres_spec(settings: Settings) -> ProcessSpec:
         healthy=lambda: _postgres_healthy(settings),
         prepare=lambda: _postgres_prepare(settings),
         url=f"postgresql://postgres@{settings.bind_host}:{settings.postgres_port}",
+        restart=True,
     )
+
+
+def libpq_target(settings: Settings, database: str,
+                 driver: str = "postgresql") -> tuple[str, dict[str, str]]:
+    """URL of `database` without its password, and the environment that carries the password."""
+    parts = urllib.parse.urlsplit(db.url(settings, database, driver=driver))
+    if parts.password is None:
+        return parts.geturl(), {}
+    user, _, hostport = parts.netloc.rpartition("@")
+    netloc = f"{user.partition(':')[0]}@{hostport}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), {
+        "PGPASSWORD": urllib.parse.unquote(parts.password)}
 
 
 # --- S3 storage for the broker and the broker ---------------------------------------------
@@ -149,6 +167,7 @@ def s3_spec(settings: Settings) -> ProcessSpec:
         # An open port is not enough: the server accepts before it answers requests.
         healthy=lambda: http_status(endpoint) is not None,
         url=endpoint,
+        restart=True,
     )
 
 
@@ -183,6 +202,7 @@ def broker_spec(settings: Settings) -> ProcessSpec:
         healthy=lambda: kafka.broker_reachable(settings, timeout_s=1),
         prepare=(lambda: _create_bucket(settings)) if settings.broker_storage == "s3" else None,
         url=f"kafka://{settings.bind_host}:{settings.broker_port} ({storage})",
+        restart=True,
     )
 
 
@@ -191,18 +211,20 @@ def broker_spec(settings: Settings) -> ProcessSpec:
 def mlflow_spec(settings: Settings) -> ProcessSpec:
     artifacts = settings.var_dir / "mlflow" / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
+    backend, password_env = libpq_target(settings, settings.mlflow_db)
     return ProcessSpec(
         name="mlflow",
         argv=[str(VENV_BIN / "mlflow"), "server",
-              "--backend-store-uri", db.url(settings, settings.mlflow_db),
+              "--backend-store-uri", backend,
               "--artifacts-destination", str(artifacts),
               "--host", settings.bind_host, "--port", str(settings.mlflow_port),
               "--workers", "1"],
         ports={settings.mlflow_port: env_key("mlflow_port")},
         # The job-execution worker pool is for MLflow's GenAI jobs; off it saves ~1.5 GB.
-        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **password_env},
         healthy=lambda: http_ok(f"{settings.tracking_uri}/health"),
         url=settings.tracking_uri,
+        restart=True,
     )
 
 
@@ -217,10 +239,12 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         java_env = {}  # `up` refuses to start without Java; `status` and `down` need none
     spark_conn = {"conn_type": "spark", "host": settings.spark_master,
                   "extra": {"deploy-mode": "client", "spark-binary": "spark-submit"}}
+    metadata_db, password_env = libpq_target(settings, settings.airflow_db,
+                                             driver="postgresql+psycopg2")
     return {
         "AIRFLOW_HOME": str(settings.var_dir / "airflow"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.url(settings, settings.airflow_db,
-                                                       driver="postgresql+psycopg2"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_db,
+        **password_env,
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         # No pooled connections: the scheduler forks its log and health servers and its DAG
         # processors, and a child that inherits a pooled libpq connection can close it under
@@ -245,9 +269,9 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__API__AUTH_BACKENDS": ("airflow.api.auth.backend.basic_auth,"
                                         "airflow.api.auth.backend.session"),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": settings.bind_host,
         "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT":
             str(settings.airflow_scheduler_health_port),
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(settings.airflow_worker_log_port),
         "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(spark_conn),
         # SparkSubmitOperator runs spark-submit from PATH with this Python on the workers.
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -260,9 +284,23 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def _airflow(settings: Settings, *args: str) -> str:
-    result = subprocess.run([str(VENV_BIN / "airflow"), *args], capture_output=True, text=True,
-                            env={**os.environ, **airflow_env(settings)})
+# Runs the airflow CLI with the admin password appended to its arguments from the environment:
+# the password is in this Python's sys.argv, never in the process's command line.
+_AIRFLOW_WITH_PASSWORD = (
+    "import os, sys; from airflow.__main__ import main; "
+    "sys.argv = ['airflow', *sys.argv[1:], '--password', os.environ.pop('_PA_AIRFLOW_PASSWORD')];"
+    " main()"
+)
+
+
+def _airflow(settings: Settings, *args: str, password: str | None = None) -> str:
+    env = {**os.environ, **airflow_env(settings)}
+    if password is None:
+        argv = [str(VENV_BIN / "airflow"), *args]
+    else:
+        argv = [sys.executable, "-c", _AIRFLOW_WITH_PASSWORD, *args]
+        env["_PA_AIRFLOW_PASSWORD"] = password
+    result = subprocess.run(argv, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise ServiceError(f"airflow {' '.join(args[:2])} failed:\n{result.stderr[-2000:]}")
     return result.stdout
@@ -270,26 +308,34 @@ def _airflow(settings: Settings, *args: str) -> str:
 
 def _airflow_prepare(settings: Settings) -> None:
     (settings.var_dir / "airflow").mkdir(parents=True, exist_ok=True)
+    # Without a config file, Airflow writes one with every default, among them a freshly
+    # generated webserver secret_key that nothing uses (the environment overrides it) but that
+    # would be a second, misleading copy of a key. Everything is set through airflow_env().
+    (settings.var_dir / "airflow" / "airflow.cfg").write_text(
+        "# Airflow is configured by the AIRFLOW__* environment of patternalarm/services.py.\n")
     _airflow(settings, "db", "migrate")
     users = json.loads(_airflow(settings, "users", "list", "--output", "json") or "[]")
     if not any(u.get("username") == settings.airflow_admin_user for u in users):
         _airflow(settings, "users", "create", "--username", settings.airflow_admin_user,
-                 "--password", secrets.load(settings)["airflow_admin_password"],
                  "--role", "Admin", "--email", "admin@localhost",
-                 "--firstname", "PatternAlarm", "--lastname", "Admin")
+                 "--firstname", "PatternAlarm", "--lastname", "Admin",
+                 password=secrets.load(settings)["airflow_admin_password"])
 
 
 def airflow_scheduler_spec(settings: Settings) -> ProcessSpec:
+    health = f"http://{settings.bind_host}:{settings.airflow_scheduler_health_port}/health"
     return ProcessSpec(
         name="airflow-scheduler",
-        argv=[str(VENV_BIN / "airflow"), "scheduler"],
-        ports={settings.airflow_scheduler_health_port: env_key("airflow_scheduler_health_port"),
-               settings.airflow_worker_log_port: env_key("airflow_worker_log_port")},
+        # Airflow 2.8's task-log server binds every interface ([::] or 0.0.0.0, not
+        # configurable). It only serves remote workers' logs: the LocalExecutor's tasks write
+        # their logs here, where the webserver reads them.
+        argv=[str(VENV_BIN / "airflow"), "scheduler", "--skip-serve-logs"],
+        ports={settings.airflow_scheduler_health_port: env_key("airflow_scheduler_health_port")},
         env=airflow_env(settings),
-        healthy=lambda: http_ok(
-            f"http://127.0.0.1:{settings.airflow_scheduler_health_port}/health"),
+        healthy=lambda: http_ok(health),
         prepare=lambda: _airflow_prepare(settings),
-        url=f"http://127.0.0.1:{settings.airflow_scheduler_health_port}/health",
+        url=health,
+        restart=True,
     )
 
 
@@ -302,6 +348,7 @@ def airflow_webserver_spec(settings: Settings) -> ProcessSpec:
         env=airflow_env(settings),
         healthy=lambda: http_ok(f"{url}/health"),
         url=url,
+        restart=True,
     )
 
 
@@ -321,6 +368,7 @@ def api_spec(settings: Settings) -> ProcessSpec:
              "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"},
         healthy=lambda: http_ok(f"{url}/health"),
         url=url,
+        restart=True,
     )
 
 

@@ -9,11 +9,12 @@ on first start and kept in the var directory (see :mod:`patternalarm.secrets`).
 from __future__ import annotations
 
 import functools
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "PATTERNALARM_"
@@ -61,7 +62,6 @@ class Settings(BaseSettings):
     # Airflow 2.8 (LocalExecutor) on the embedded or external Postgres.
     airflow_port: Port = 8080
     airflow_scheduler_health_port: Port = 8974
-    airflow_worker_log_port: Port = 8793  # the scheduler serves task logs on it
     airflow_admin_user: str = "admin"
 
     # Spark: the master that SparkSubmitOperator and spark-submit use.
@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     stream_postgres_retry_s: float = Field(120.0, ge=0)
     model_refresh_s: float = Field(5.0, gt=0)
 
+    # The embedded broker, S3 server and MLflow server authenticate nobody: serving them on a
+    # non-loopback BIND_HOST takes this explicit consent. Last field: its check reads the others.
+    allow_unauthenticated_network: bool = False
+
     @field_validator("kafka_bootstrap_servers", "mlflow_tracking_uri", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -97,6 +101,27 @@ class Settings(BaseSettings):
         if not text.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql://")
         return text
+
+    @field_validator("allow_unauthenticated_network", mode="after")
+    @classmethod
+    def _network_exposure(cls, allowed: bool, info: ValidationInfo) -> bool:
+        host = info.data.get("bind_host")
+        if allowed or host is None or _is_loopback(host):
+            return allowed
+        exposed = []
+        if info.data.get("kafka_bootstrap_servers", "") is None:
+            exposed.append("Kafka broker")
+            if info.data.get("broker_storage") == "s3":
+                exposed.append("S3 server")
+        if info.data.get("mlflow_tracking_uri", "") is None:
+            exposed.append("MLflow server")
+        if exposed:
+            raise ValueError(
+                f"{env_key('bind_host')}={host} is not a loopback address, and the embedded "
+                f"{', '.join(exposed)} would serve anyone who can reach it (they have no "
+                f"authentication); set {env_key('allow_unauthenticated_network')}=true to accept "
+                f"that, or bind to 127.0.0.1")
+        return allowed
 
     @field_validator("var_dir", mode="after")
     @classmethod
@@ -148,6 +173,15 @@ class Settings(BaseSettings):
         return self.mlflow_tracking_uri or f"http://{self.bind_host}:{self.mlflow_port}"
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
 def model_name(domain: str) -> str:
     """The registered MLflow model of a domain: one per domain, promoted by alias."""
     return f"patternalarm-{domain}"
@@ -165,7 +199,10 @@ def load(**overrides: object) -> Settings:
         problems = []
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else "?"
-            problems.append(f"{env_key(field)}: {err['msg']} (got {err.get('input')!r})")
+            shown = err.get("input")
+            if isinstance(shown, str):
+                shown = mask_url(shown)
+            problems.append(f"{env_key(field)}: {err['msg']} (got {shown!r})")
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems)) from None
 
 
@@ -174,13 +211,28 @@ def get() -> Settings:
     return load()
 
 
+_PASSWORD_PARAMS = {"password", "sslpassword"}  # libpq accepts these in the query too
+
+
 def mask_url(url: str) -> str:
-    """Hide the password in a URL such as postgresql://user:secret@host/db."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """Hide the password in a URL such as postgresql://user:secret@host/db or ...?password=x.
+
+    Text that is not a URL comes back unchanged, and a URL too broken to parse comes back
+    entirely masked: it may still hold a password.
+    """
+    try:
+        parts = urlsplit(url)
+        has_password = parts.password is not None
+    except ValueError:
+        return "***"
+    if has_password:
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostport}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key in _PASSWORD_PARAMS for key, _ in query):
+        parts = parts._replace(query=urlencode(
+            [(k, "***" if k in _PASSWORD_PARAMS else v) for k, v in query], safe="*"))
+    return urlunsplit(parts) if parts != urlsplit(url) else url
 
 
 def masked(settings: Settings) -> dict[str, str]:
@@ -189,6 +241,6 @@ def masked(settings: Settings) -> dict[str, str]:
     for name in Settings.model_fields:
         value = getattr(settings, name)
         if isinstance(value, SecretStr):
-            value = mask_url(value.get_secret_value())
-        shown[env_key(name)] = "" if value is None else str(value)
+            value = value.get_secret_value()
+        shown[env_key(name)] = "" if value is None else mask_url(str(value))
     return shown

@@ -18,7 +18,7 @@ from patternalarm import settings as settings_mod
 from patternalarm.settings import PROJECT_ROOT, Settings, env_key
 
 _PORT_FIELDS = ("postgres_port", "broker_port", "s3_port", "mlflow_port", "airflow_port",
-                "airflow_scheduler_health_port", "airflow_worker_log_port", "api_port")
+                "airflow_scheduler_health_port", "api_port")
 
 
 def wait_until(condition, timeout_s: float = 10.0) -> None:

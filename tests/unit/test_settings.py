@@ -89,3 +89,49 @@ def test_every_setting_is_documented_in_the_readme():
     readme = (PROJECT_ROOT / "README.md").read_text()
     missing = [env_key(f) for f in Settings.model_fields if f"`{env_key(f)}`" not in readme]
     assert missing == []
+
+
+def test_settings_error_masks_the_password_of_a_bad_url(monkeypatch):
+    monkeypatch.setenv("PATTERNALARM_POSTGRES_URL", "mysql://app:hunter2@db/x")
+    with pytest.raises(SettingsError) as err:
+        load()
+    assert "hunter2" not in str(err.value)
+    assert "mysql://app:***@db/x" in str(err.value)
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://app:p%40ss@db/x", "postgresql://app:***@db/x"),
+    ("postgresql://db/x?user=app&password=hunter2", "postgresql://db/x?user=app&password=***"),
+    ("postgresql://app:pw@[broken/x", "***"),
+])
+def test_mask_url_hides_encoded_query_and_unparseable_passwords(url, shown):
+    assert mask_url(url) == shown
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "myhost.example"])
+def test_network_bind_with_unauthenticated_services_needs_consent(monkeypatch, host):
+    monkeypatch.setenv("PATTERNALARM_BIND_HOST", host)
+    with pytest.raises(SettingsError) as err:
+        load()
+    message = str(err.value)
+    assert "PATTERNALARM_ALLOW_UNAUTHENTICATED_NETWORK" in message
+    assert f"PATTERNALARM_BIND_HOST={host}" in message
+    assert "Kafka broker" in message and "MLflow server" in message
+    monkeypatch.setenv("PATTERNALARM_ALLOW_UNAUTHENTICATED_NETWORK", "true")
+    assert load().bind_host == host
+
+
+def test_network_bind_names_the_s3_server_and_spares_external_services(monkeypatch):
+    monkeypatch.setenv("PATTERNALARM_BIND_HOST", "0.0.0.0")
+    monkeypatch.setenv("PATTERNALARM_BROKER_STORAGE", "s3")
+    with pytest.raises(SettingsError, match="S3 server"):
+        load()
+    monkeypatch.setenv("PATTERNALARM_KAFKA_BOOTSTRAP_SERVERS", "kafka:9092")
+    monkeypatch.setenv("PATTERNALARM_MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert load().bind_host == "0.0.0.0"  # what remains (Postgres, Airflow, API) authenticates
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_loopback_bind_needs_no_consent(monkeypatch, host):
+    monkeypatch.setenv("PATTERNALARM_BIND_HOST", host)
+    assert load().bind_host == host
