@@ -38,8 +38,8 @@ class Database:
 
     def __init__(self, settings: Settings, max_connections: int = 8, wait_s: float = 2.0):
         self._url = db.url(settings, settings.app_db)
-        self._max = max_connections
-        self._wait_s = wait_s
+        self.max_connections = max_connections
+        self.wait_s = wait_s
         # psycopg2's pool raises at once when exhausted; this makes requests queue for a while.
         self._free = threading.BoundedSemaphore(max_connections)
         self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
@@ -51,7 +51,7 @@ class Database:
                 # minconn 0: no connection until a request needs one, so the API starts (and
                 # answers /health) while Postgres is still down.
                 self._pool = psycopg2.pool.ThreadedConnectionPool(
-                    0, self._max, self._url, connect_timeout=3)
+                    0, self.max_connections, self._url, connect_timeout=3)
             return self._pool
 
     def _unavailable(self, exc: Exception) -> DatabaseUnavailable:
@@ -62,10 +62,10 @@ class Database:
     @contextmanager
     def cursor(self) -> Iterator[psycopg2.extras.RealDictCursor]:
         """A dict cursor in one transaction: committed on success, rolled back on error."""
-        if not self._free.acquire(timeout=self._wait_s):
+        if not self._free.acquire(timeout=self.wait_s):
             raise DatabaseUnavailable(
-                f"all {self._max} connections to PostgreSQL are busy (waited {self._wait_s:g}s); "
-                f"retry shortly", self.BUSY_RETRY_S)
+                f"all {self.max_connections} connections to PostgreSQL are busy "
+                f"(waited {self.wait_s:g}s); retry shortly", self.BUSY_RETRY_S)
         try:
             with self._connection() as conn, \
                     conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:

@@ -4,13 +4,17 @@ started by `up`) on the stack's Postgres, written by the stream's own sink."""
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
+from api.database import Database
 from patternalarm import db, secrets
 from streaming.sinks import BatchMetrics, Incident, commit_batch
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +119,47 @@ def test_metrics_expose_requests_by_route(api, written):
     text = api.get("/metrics").text
     assert 'pa_api_requests_total{method="GET",route="/incidents/{key}",status="200"}' in text
     assert incidents[0].key not in text
+
+
+def test_an_exhausted_pool_is_503_with_retry_after_and_recovers(stack, api, written):
+    """Every connection of the API's pool is held by a query blocked on a table lock taken
+    here, on the stack's real Postgres: the next request waits its turn, then gets 503."""
+    detector, _ = written
+    pool = Database(stack).max_connections  # the size the API process runs with
+    with contextlib.closing(db.connect(stack)) as locker, ThreadPoolExecutor(pool) as threads:
+        cur = locker.cursor()
+        cur.execute("LOCK TABLE incidents IN ACCESS EXCLUSIVE MODE")
+        held = [threads.submit(api.get, "/incidents", params={"detector": detector})
+                for _ in range(pool)]
+
+        def blocked() -> int:
+            with contextlib.closing(db.connect(stack)) as conn, conn.cursor() as probe:
+                probe.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                              "AND wait_event_type = 'Lock' AND query LIKE %s",
+                              (stack.app_db, "%FROM incidents%"))
+                return probe.fetchone()[0]
+
+        wait_until(lambda: blocked() == pool, 30)
+        started = time.monotonic()
+        refused = api.get("/incidents", params={"detector": detector})
+        waited = time.monotonic() - started
+        assert refused.status_code == 503
+        assert f"all {pool} connections to PostgreSQL are busy" in refused.json()["detail"]
+        assert refused.headers["Retry-After"] == str(Database.BUSY_RETRY_S)
+        assert waited >= Database(stack).wait_s  # it queued for a connection first
+        locker.rollback()  # the lock goes: the held requests finish
+        assert [f.result().status_code for f in held] == [200] * pool
+    assert api.get("/incidents", params={"detector": detector}).json()["total"] == 5
+
+
+def test_a_chunked_body_over_the_limit_is_413_from_the_server(stack, api):
+    limit = stack.api_max_body_bytes
+
+    def chunks():
+        yield b'{"domain": "iot", "features": {'
+        for _ in range(limit // 65_536 + 1):
+            yield b" " * 65_536
+
+    resp = api.post("/predict", content=chunks(), headers={"Content-Type": "application/json"})
+    assert resp.request.headers["Transfer-Encoding"] == "chunked"
+    assert resp.status_code == 413
