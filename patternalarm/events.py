@@ -25,6 +25,14 @@ SCHEMA_VERSION = 1
 # Event times outside this window are typos (seconds instead of ms, or a year 2400 timestamp).
 MIN_EVENT_TIME_MS = 946_684_800_000      # 2000-01-01
 MAX_EVENT_TIME_MS = 4_102_444_800_000    # 2100-01-01
+# A valid event is a few hundred bytes; a replayed file's attributes add a few KB at most.
+# Anything larger is refused before it is decoded, so no message costs more than this to judge.
+MAX_MESSAGE_BYTES = 64 * 1024
+# The contract nests three levels (envelope, payload, attributes) and the field types refuse
+# anything deeper; this is only the decoder's own bound, reported instead of a RecursionError.
+MAX_NESTING = 3
+_INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
+_FLOAT_MAX = 1.7976931348623157e308
 
 FieldType = Literal["string", "int", "long", "double", "boolean", "array<string>",
                     "map<string,double>"]
@@ -58,7 +66,7 @@ class Field:
         if value is None:
             return [f"{self.name}: required"] if self.required else []
         if not _has_type(value, self.type):
-            return [f"{self.name}: expected {self.type}, got {type(value).__name__}"]
+            return [f"{self.name}: {_type_problem(value, self.type)}"]
         found = []
         if self.min is not None and value < self.min:
             found.append(f"{self.name}: {value!r} below {self.min}")
@@ -80,17 +88,62 @@ def _has_type(value: object, kind: str) -> bool:
     if isinstance(value, bool):
         return kind == "boolean"
     if kind == "string":
-        return isinstance(value, str) and value != ""
+        return _is_text(value) and value != ""
     if kind in ("int", "long"):
-        return isinstance(value, int)
+        low, high = _INT_RANGE[kind]
+        return isinstance(value, int) and low <= value <= high
     if kind == "double":
-        return isinstance(value, int | float) and math.isfinite(value)
+        # Compared, not converted: math.isfinite(10**400) raises OverflowError.
+        return (isinstance(value, float) and math.isfinite(value)) or (
+            isinstance(value, int) and -_FLOAT_MAX <= value <= _FLOAT_MAX)
     if kind == "array<string>":
-        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return isinstance(value, list) and all(_is_text(v) for v in value)
     if kind == "map<string,double>":
         return isinstance(value, dict) and all(
-            isinstance(k, str) and _has_type(v, "double") for k, v in value.items())
+            _is_text(k) and _has_type(v, "double") for k, v in value.items())
     return False
+
+
+def _is_text(value: object) -> bool:
+    """A string that every sink stores: UTF-8 encodable (JSON may carry a lone surrogate,
+    which Arrow refuses) and free of NUL (which PostgreSQL text and jsonb refuse)."""
+    if not isinstance(value, str) or "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _type_problem(value: object, kind: str) -> str:
+    if kind in ("int", "long", "double") and isinstance(value, int | float) \
+            and not isinstance(value, bool):
+        return "not a finite number" if isinstance(value, float) else f"number out of {kind} range"
+    if isinstance(value, str) and kind == "string":
+        return "empty" if value == "" else "text with NUL or invalid Unicode"
+    if kind in ("array<string>", "map<string,double>") and isinstance(value, list | dict):
+        return f"{kind} holding a value of another type, NUL or invalid Unicode"
+    return f"expected {kind}, got {type(value).__name__}"
+
+
+def _shown(text: str, limit: int = 64) -> str:
+    """A name from the message, safe to put in a reason: escaped and short."""
+    return (text[:limit] + "…" if len(text) > limit else text).encode(
+        "utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
+
+
+def future_event_time(event_time_ms: int, broker_time_ms: int, max_skew_ms: int) -> str | None:
+    """Why an event may not pass the watermark, or None: one global watermark serves every
+    producer, so an event dated ahead of its own broker timestamp (a wrong or hostile clock)
+    would make every later event late for everyone."""
+    ahead = event_time_ms - broker_time_ms
+    if ahead > max_skew_ms:
+        return (f"future_event_time: event_time is {ahead / 1000:.0f}s ahead of its broker "
+                f"timestamp (the limit is {max_skew_ms / 1000:.0f}s)")
+    return None
 
 
 ENVELOPE: tuple[Field, ...] = (
@@ -120,7 +173,7 @@ class Contract:
 
     def problems(self, event: object) -> list[str]:
         if not isinstance(event, Mapping):
-            return ["not a JSON object"]
+            return [f"not a JSON object (a JSON {_json_kind(event)})"]
         found = _check(ENVELOPE, event, extra=("payload",))
         if event.get("domain") not in (None, self.domain):
             found.append(f"domain: {event['domain']!r} sent to the {self.domain} contract")
@@ -134,10 +187,20 @@ class Contract:
         if found:
             raise InvalidEvent("; ".join(found))
 
-    def parse(self, raw: bytes | str) -> dict[str, Any]:
-        """Decode and validate one message; raises InvalidEvent naming every problem."""
+    def parse(self, raw: bytes | str | None) -> dict[str, Any]:
+        """Decode and validate one message; raises InvalidEvent naming every problem.
+
+        Any content, size or encoding ends here as InvalidEvent, never as another exception:
+        the stream dead-letters what this refuses and must not die on a message."""
+        if raw is None:
+            raise InvalidEvent("empty message (null value, a tombstone)")
+        if len(raw) > MAX_MESSAGE_BYTES:
+            raise InvalidEvent(f"too large: {len(raw)} bytes (the limit is {MAX_MESSAGE_BYTES})")
         try:
             event = json.loads(raw)
+        except RecursionError:
+            raise InvalidEvent(f"nesting: deeper than the decoder allows (the contract nests "
+                               f"{MAX_NESTING} levels)") from None
         except (UnicodeDecodeError, ValueError) as exc:
             raise InvalidEvent(f"not JSON: {exc}") from None
         self.validate(event)
@@ -186,8 +249,13 @@ def _check(fields: Sequence[Field], obj: Mapping[str, Any],
            extra: Sequence[str] = ()) -> list[str]:
     found = [p for f in fields for p in f.problems(obj.get(f.name))]
     known = {f.name for f in fields} | set(extra)
-    found += [f"{name}: unknown field" for name in obj if name not in known]
+    found += [f"{_shown(name)}: unknown field" for name in obj if name not in known]
     return found
+
+
+def _json_kind(value: object) -> str:
+    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(type(value), type(value).__name__)
 
 
 # Labels: one message per anomaly episode on the labels topic, keyed by entity_id.

@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     stream_trigger_s: float = Field(1.0, ge=0)
     stream_max_offsets_per_trigger: int = Field(200_000, ge=100)
     stream_allowed_lateness_s: int = Field(60, ge=0)
+    # How far an event_time may run ahead of its broker timestamp before it is a dead letter.
+    stream_max_future_skew_s: int = Field(300, ge=0)
     stream_buckets: int = Field(32, ge=1, le=4096)
     stream_scorer: Literal["local", "spark"] = "local"
     stream_postgres_retry_s: float = Field(120.0, ge=0)

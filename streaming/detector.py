@@ -30,7 +30,7 @@ OUTPUT = ", ".join([
     "kind string", "domain string", "entity_id string", "event_id string", "event_time long",
     "broker_time long", "topic string", "partition int", "offset long", "detector string",
     "severity string", "window_start long", "evidence string", "features array<double>",
-    "reason string", "raw binary"])
+    "reason string", "raw binary", "raw_length long", "raw_sha256 string"])
 # How often a bucket re-checks its entities for silence, in event time.
 _ABSENCE_CHECK_MS = 15_000
 

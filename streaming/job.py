@@ -46,7 +46,7 @@ def build_query(spark, cfg: Settings, args: argparse.Namespace):
     from streaming.detector import OUTPUT, Detector
     from streaming.kafka_source import kafka_stream
     from streaming.parse import SCHEMA, parse_frames
-    from streaming.sinks import BatchSink, cap_path, consumer_group
+    from streaming.sinks import BatchSink, cap_path, consumer_group, source_status_path
 
     topics = {cfg.events_topic(d): d for d in args.domains}
     raw = kafka_stream(spark, cfg.bootstrap_servers, list(topics),
@@ -55,9 +55,11 @@ def build_query(spark, cfg: Settings, args: argparse.Namespace):
                        max_offsets_per_trigger=cfg.stream_max_offsets_per_trigger,
                        group_id=consumer_group(args.query_name),
                        cap_file=str(cap_path(cfg, args.query_name)),
+                       status_file=str(source_status_path(cfg, args.query_name)),
                        read_tasks=spark.sparkContext.defaultParallelism)
     parsed = raw.mapInPandas(partial(parse_frames, topic_domains=topics,
-                                     buckets=cfg.stream_buckets), SCHEMA)
+                                     buckets=cfg.stream_buckets,
+                                     max_future_skew_s=cfg.stream_max_future_skew_s), SCHEMA)
     detected = (parsed.withWatermark("event_ts", f"{cfg.stream_allowed_lateness_s} seconds")
                 .groupBy("domain", "bucket")
                 .transformWithStateInPandas(Detector(), OUTPUT, "Append", "EventTime"))

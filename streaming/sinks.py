@@ -171,10 +171,8 @@ class BatchSink:
         self.spark, self.cfg, self.query_name = spark, cfg, query_name
         self.topics = topics
         self.watch = ModelWatch(cfg.tracking_uri, domains, cfg.model_refresh_s)
-        self.positions: dict[tuple[str, int], int] = {}
-        self.positions_restored = False
-        self.ends: dict[tuple[str, int], int] = {}
         self.cap_file = cap_path(cfg, query_name)
+        self.status_file = source_status_path(cfg, query_name)
         self.cap = cfg.stream_max_offsets_per_trigger
         self.recent_durations: list[float] = []
         self._conn: connection | None = None
@@ -210,8 +208,7 @@ class BatchSink:
             if n and champions:
                 incidents += self._model_incidents(features, champions)
             self._dead_letters(dead, batch_id)
-            self._advance(rows)
-            lag = self._lag()
+            lag = planned_lag(read_source_status(self.status_file))
             now_ms = time.time() * 1000.0
             ev, br = ([float(q) for q in np.percentile(features[c].to_numpy(), [50, 1])]
                       if n else None for c in ("event_time", "broker_time"))
@@ -222,13 +219,13 @@ class BatchSink:
                 event_latency_p99_ms=now_ms - ev[1] if n else None,
                 broker_latency_p50_ms=now_ms - br[0] if n else None,
                 broker_latency_p99_ms=now_ms - br[1] if n else None,
-                lag_total=sum(lag.values()) if lag else None,
-                lag_by_partition={f"{t}-{p}": behind for (t, p), behind in lag.items()},
+                lag_total=sum(lag.values()) if lag is not None else None,
+                lag_by_partition=lag or {},
                 dead_lettered=len(dead),
                 model_versions={d: c.version for d, c in champions.items()})
             self._with_postgres(batch_id, commit_batch, self.query_name, batch_id, incidents,
                                 metrics)
-            self._adapt_cap(n + len(dead), time.monotonic() - started, sum(lag.values()))
+            self._adapt_cap(n + len(dead), time.monotonic() - started, sum((lag or {}).values()))
             log.info(log_line(self.query_name, batch_id, metrics))
         except Exception:
             self._drop_connection()
@@ -295,67 +292,35 @@ class BatchSink:
         staging.rename(target)
 
     def _dead_letters(self, dead: list, batch_id: int) -> None:
+        """Every dead letter acknowledged by the broker before the batch commits: retried
+        like the Postgres write while the topic is unreachable, then the query fails, and the
+        replayed batch sends them again (keyed by source position, so a consumer can drop the
+        copy)."""
         if not dead:
             return
+        letters = [(f"{row.topic}:{row.partition}:{row.offset}", json.dumps(
+            dead_letter(row, self.query_name, batch_id)).encode()) for row in dead]
+        self._retrying(batch_id, "dead_letters_unacknowledged", (DeadLetterUndelivered,),
+                       self._deliver, letters)
+
+    def _deliver(self, letters: list[tuple[str, bytes]]) -> None:
         from patternalarm import kafka
 
         if self._producer is None:
             self._producer = kafka.producer(self.cfg, **{"enable.idempotence": True,
                                                          "linger.ms": 5})
-        failures = []
-        for row in dead:
-            letter = {"reason": row.reason, "query": self.query_name, "batch_id": batch_id,
-                      "source": {"topic": row.topic, "partition": row.partition,
-                                 "offset": row.offset},
-                      "raw_base64": base64.b64encode(row.raw or b"").decode()}
-            # Keyed by the source position: a consumer can drop the copy a replay may send.
-            self._producer.produce(
-                self.cfg.dlq_topic, key=f"{row.topic}:{row.partition}:{row.offset}",
-                value=json.dumps(letter).encode(),
-                on_delivery=lambda err, msg: err and failures.append(err))
+        failures: list = []
+        for key, value in letters:
+            self._producer.produce(self.cfg.dlq_topic, key=key, value=value,
+                                   on_delivery=lambda err, msg: err and failures.append(err))
         if self._producer.flush(30) or failures:
-            raise RuntimeError(f"dead-letter topic did not acknowledge: {failures[:3]}")
+            # A producer that gave up on a record may be fenced or stuck: start a new one.
+            self._producer = None
+            raise DeadLetterUndelivered(
+                f"{self.cfg.dlq_topic} did not acknowledge {len(failures) or 'all'} of "
+                f"{len(letters)} dead letters: {failures[:3]}")
 
-    # --- lag and the adaptive cap ----------------------------------------------------------
-
-    def _advance(self, rows: pa.Table) -> None:
-        read = rows.filter(pc.is_valid(rows["offset"])).group_by(["topic", "partition"]).aggregate(
-            [("offset", "max")])
-        for topic, partition, last in zip(*(read[c].to_pylist() for c in (
-                "topic", "partition", "offset_max")), strict=True):
-            self.positions[(topic, partition)] = last + 1
-
-    def _lag(self) -> dict[tuple[str, int], int]:
-        from confluent_kafka import TopicPartition
-
-        from patternalarm import kafka
-        from streaming.kafka_source import read_from
-
-        try:
-            probes = [TopicPartition(t, p, self.ends.get((t, p), -1))
-                      for t, p in self._partitions()]
-            self.ends = kafka.high_watermarks(self.cfg.bootstrap_servers, probes, timeout_s=5)
-            if not self.positions_restored:
-                # Where the query was before this process: the source's group commits (one
-                # batch behind at most), so a restart does not report the whole log as lag.
-                self.positions = {**kafka.committed_offsets(
-                    self.cfg, consumer_group(self.query_name), self.ends, timeout_s=5),
-                    **self.positions}
-                self.positions_restored = True
-        except Exception as exc:  # lag is a measurement: never fail the batch over it
-            log.warning(json.dumps({"event": "lag_unavailable", "error": str(exc)[:200]}))
-            self.ends = {}  # the log may have been recreated: probe from scratch next time
-            return {}
-        # A recreated log (end below the position) is all unread, as the source reads it.
-        return {tp: end - read_from(self.positions.get(tp, 0), end)
-                for tp, end in self.ends.items()}
-
-    def _partitions(self) -> list[tuple[str, int]]:
-        if not self.ends:
-            from patternalarm import kafka
-
-            return [(tp.topic, tp.partition) for tp in kafka.partitions_of(self.cfg, self.topics)]
-        return list(self.ends)
+    # --- the adaptive cap -------------------------------------------------------------------
 
     def _adapt_cap(self, rows: int, duration_s: float, lag: int) -> None:
         self.recent_durations = [*self.recent_durations[-19:], duration_s]
@@ -378,18 +343,30 @@ class BatchSink:
         return self._conn
 
     def _with_postgres(self, batch_id: int, work, *args):
-        """work(connection, *args), retried on a new connection while Postgres is unreachable,
-        up to stream_postgres_retry_s: an outage stalls the stream instead of failing it. The
-        batch ledger makes a retried commit exactly once."""
+        """work(connection, *args), on a new connection after each failure. The batch ledger
+        makes a retried commit exactly once."""
+        def attempt():
+            try:
+                return work(self._connection(), *args)
+            except (ConnectionError, psycopg2.OperationalError, psycopg2.InterfaceError):
+                self._drop_connection()
+                raise
+        return self._retrying(batch_id, "postgres_unavailable",
+                              (ConnectionError, psycopg2.OperationalError,
+                               psycopg2.InterfaceError), attempt)
+
+    def _retrying(self, batch_id: int, event: str, transient: tuple, work, *args):
+        """work(*args), retried while it raises `transient`, up to stream_postgres_retry_s:
+        an outage of a sink stalls the stream instead of failing it; past the deadline the
+        query fails with the reason, and the batch replays from its offsets."""
         deadline = time.monotonic() + self.cfg.stream_postgres_retry_s
         while True:
             try:
-                return work(self._connection(), *args)
-            except (ConnectionError, psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                self._drop_connection()
+                return work(*args)
+            except transient as exc:
                 if time.monotonic() > deadline:
                     raise
-                log.warning(json.dumps({"event": "postgres_unavailable", "batch_id": batch_id,
+                log.warning(json.dumps({"event": event, "batch_id": batch_id,
                                         "error": str(exc).strip()[:200]}))
                 time.sleep(1.0)
 
@@ -405,36 +382,75 @@ class BatchSink:
             self._producer.flush(10)
 
     def progress_listener(self):
-        return _LateRows(self.cfg, self.query_name)
+        return _AfterBatch(self.cfg, self.query_name, self.status_file)
 
 
-class _LateRows(StreamingQueryListener):
-    """Rows the watermark dropped are counted into their batch's metrics row, never lost
-    silently (Spark reports them only after the batch, in its progress event)."""
+class _AfterBatch(StreamingQueryListener):
+    """What Spark tells only after a batch or while idle. Rows the watermark dropped are
+    counted into their batch's metrics row, never lost silently; whether the source can read
+    end offsets goes to stream_health, so an outage with no batches is still seen."""
 
-    def __init__(self, cfg, query_name: str):
-        self.cfg, self.query_name = cfg, query_name
+    def __init__(self, cfg, query_name: str, status_file):
+        self.cfg, self.query_name, self.status_file = cfg, query_name, status_file
+        self.reported: str | None = None
 
     def onQueryStarted(self, event) -> None:
         pass
 
     def onQueryIdle(self, event) -> None:
-        pass
+        self._report_source()
 
     def onQueryTerminated(self, event) -> None:
         pass
 
     def onQueryProgress(self, event) -> None:
         progress = event.progress
-        late = sum(op.numRowsDroppedByWatermark for op in progress.stateOperators)
-        if not late or progress.name != self.query_name:
+        if progress.name != self.query_name:
             return
+        late = sum(op.numRowsDroppedByWatermark for op in progress.stateOperators)
+        if late:
+            self._execute("""UPDATE stream_metrics SET late_events = late_events + %s
+                             WHERE query_name = %s AND batch_id = %s""",
+                          (late, self.query_name, progress.batchId))
+        self._report_source()
+
+    def _report_source(self) -> None:
+        status = read_source_status(self.status_file)
+        if status is None or status.get("end_offsets") == self.reported:
+            return
+        detail = {k: v for k, v in status.items() if k not in ("ends", "planned")}
+        self._execute("""INSERT INTO stream_health (query_name, end_offsets, detail)
+                         VALUES (%s, %s, %s) ON CONFLICT (query_name) DO UPDATE SET
+                         end_offsets = EXCLUDED.end_offsets, detail = EXCLUDED.detail,
+                         since = now()""",
+                      (self.query_name, status["end_offsets"], Json(detail)))
+        self.reported = status["end_offsets"]
+
+    def _execute(self, sql: str, args: tuple) -> None:
         from patternalarm import db
 
-        with contextlib.closing(db.connect(self.cfg)) as conn, conn, conn.cursor() as cur:
-            cur.execute("""UPDATE stream_metrics SET late_events = late_events + %s
-                           WHERE query_name = %s AND batch_id = %s""",
-                        (late, self.query_name, progress.batchId))
+        try:
+            with contextlib.closing(db.connect(self.cfg)) as conn, conn, conn.cursor() as cur:
+                cur.execute(sql, args)
+        except psycopg2.Error as exc:  # a report: the next event tries again
+            self.reported = None
+            log.warning(json.dumps({"event": "listener_write_failed", "error": str(exc)[:200]}))
+
+
+class DeadLetterUndelivered(RuntimeError):
+    pass
+
+
+def dead_letter(row, query_name: str, batch_id: int) -> dict:
+    """The dead-letter record: why, where it came from, and the original bytes (cut to
+    streaming.parse.DLQ_RAW_BYTES, with the whole message's length and SHA-256)."""
+    raw = row.raw or b""
+    return {"reason": row.reason, "query": query_name, "batch_id": batch_id,
+            "source": {"topic": row.topic, "partition": row.partition, "offset": row.offset,
+                       "broker_time": row.broker_time},
+            "raw_length": row.raw_length, "raw_sha256": row.raw_sha256,
+            "raw_truncated": (row.raw_length or 0) > len(raw),
+            "raw_base64": base64.b64encode(raw).decode()}
 
 
 def already_committed(conn: connection, query_name: str, batch_id: int) -> bool:
@@ -447,6 +463,32 @@ def already_committed(conn: connection, query_name: str, batch_id: int) -> bool:
 def consumer_group(query_name: str) -> str:
     """The group the source commits the query's progress to (for lag tools and restarts)."""
     return f"patternalarm-{query_name}"
+
+
+def source_status_path(cfg, query_name: str):
+    """Where the source's planner leaves its end offsets and whether it could read them."""
+    return cfg.checkpoint_dir / query_name / "source_status.json"
+
+
+def read_source_status(path) -> dict | None:
+    try:
+        with open(path) as file:
+            return json.load(file)
+    except (OSError, ValueError):
+        return None
+
+
+def planned_lag(status: dict | None) -> dict[str, int] | None:
+    """Records each partition's log had, when this batch was planned, that the batch left for
+    later: from the planner's own end offsets (no probe of the broker per batch). None when
+    the planner could not read them. A log end below the plan is a recreated log, all unread."""
+    if not status or status.get("end_offsets") != "ok":
+        return None
+    from streaming.kafka_source import read_from
+
+    planned = status["planned"]
+    return {f"{topic}-{p}": end - read_from(planned.get(topic, {}).get(p, 0), end)
+            for topic, parts in status["ends"].items() for p, end in parts.items()}
 
 
 def cap_path(cfg, query_name: str):
