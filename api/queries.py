@@ -105,7 +105,10 @@ def stream_now(window: timedelta) -> Query:
                (SELECT max(event_latency_p99_ms) FROM recent) AS p99_ms,
                (SELECT lag_total FROM latest) AS lag,
                (SELECT model_versions FROM latest) AS model_versions,
-               (SELECT recorded_at FROM latest) AS last_batch_at"""
+               (SELECT recorded_at FROM latest) AS last_batch_at,
+               (SELECT jsonb_agg(jsonb_build_object('query', query_name, 'since', since,
+                                                    'detail', detail))
+                  FROM stream_health WHERE end_offsets = 'unavailable') AS blind"""
     return sql, [window]
 
 

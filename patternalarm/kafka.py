@@ -26,6 +26,14 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from patternalarm.settings import Settings
 
+# The longest a probe's fetch may wait at the broker for data. Tansu's memory engine answers a
+# fetch whose wait is shorter than its own scan with no high watermark at all, and the probe
+# never learns the end: with 12 partitions of 18-42K records in small batches (as a paced
+# producer writes them), 10 ms left 6 of 12 partitions unanswered for 6 s, while 50 ms and
+# 100 ms answered all of them in 0.05-0.15 s (benchmarks/RESULTS.md, "End-offset probe"). A
+# probe at the log end waits this long only when no record arrives, so it bounds the probe.
+PROBE_FETCH_WAIT_MS = 100
+
 # Tansu's JoinGroup waits session.timeout.ms / 2 before answering: keep it short.
 _CONSUMER_DEFAULTS = {"session.timeout.ms": 6000, "enable.auto.commit": False}
 
@@ -114,7 +122,7 @@ def high_watermarks(servers: str, partitions: Iterable[TopicPartition],
     """
     probe = Consumer({"bootstrap.servers": servers, **_CONSUMER_DEFAULTS,
                       "group.id": f"patternalarm-probe-{uuid.uuid4().hex[:8]}",
-                      "enable.partition.eof": True, "fetch.wait.max.ms": 10,
+                      "enable.partition.eof": True, "fetch.wait.max.ms": PROBE_FETCH_WAIT_MS,
                       "fetch.queue.backoff.ms": 0, "logger": _log})
     try:
         starts = [TopicPartition(tp.topic, tp.partition,

@@ -16,13 +16,18 @@ Options:
   group.id                  group whose committed offsets follow the query (optional)
   capFile                   JSON {"max_rows": N} the job rewrites after each batch: an adaptive
                             cap under maxOffsetsPerTrigger (see streaming.sinks.next_cap)
+  statusFile                JSON the planner rewrites at each trigger: {"end_offsets": "ok",
+                            "ends": <log ends>, "planned": <this batch's ends>} or
+                            {"end_offsets": "unavailable", "error", "failures", "retry_in_s"};
+                            the job takes each batch's lag from it and reports an outage
   readTasks                 at most this many Spark tasks per micro-batch, each reading several
                             topic-partitions (default: one task per topic-partition). A Python
                             read task costs ~1 s of worker start-up on local[2] whatever its
                             size (measured), so the job asks for one per core.
 
 The broker going away does not stop the query: while end offsets cannot be read, triggers plan
-no new data. A partition whose log end went back below the query's offset was recreated (the
+no new data, and the planner backs off (1 s doubling to 30 s) instead of probing on every
+trigger. A partition whose log end went back below the query's offset was recreated (the
 embedded memory broker restarts empty): the next batch reads the new log from its start, and
 planned records the broker no longer has are skipped with a warning; that data is lost, as
 with Spark's own source under failOnDataLoss=false.
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -50,6 +56,7 @@ SCHEMA = ("key binary, value binary, topic string, partition int, offset long, "
 _READ_BATCH = 10_000
 _STALL_TIMEOUT_S = 60.0
 _GONE_CHECK_S = 5.0
+_PROBE_BACKOFF_MAX_S = 30.0
 
 log = logging.getLogger("patternalarm.kafka_source")
 
@@ -149,15 +156,21 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if self.read_tasks <= 0:
             raise ValueError("readTasks must be positive")
         self.cap_file = options.get("capFile")
+        self.status_file = options.get("statusFile")
         self._known_ends: dict[tuple[str, int], int] | None = None
         self._available_now_target: dict[tuple[str, int], int] | None = None
+        self._admin = None
+        self._probe_failures = 0
+        self._next_probe_at = 0.0
 
     # --- planning, on the driver ---------------------------------------------------------
 
     def _partitions(self) -> list[tuple[str, int]]:
         from confluent_kafka.admin import AdminClient
 
-        meta = AdminClient({"bootstrap.servers": self.servers}).list_topics(timeout=10).topics
+        if self._admin is None:  # one client for the planner's life, not one per trigger
+            self._admin = AdminClient({"bootstrap.servers": self.servers})
+        meta = self._admin.list_topics(timeout=10).topics
         missing = [t for t in self.topics if t not in meta or meta[t].error is not None]
         if missing:
             raise ValueError(f"pa_kafka: unknown topics {missing}")
@@ -195,19 +208,49 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def latestOffset(self, start: Offsets, limit: ReadLimit) -> Offsets:
         begin = _flatten(start)
+        if self._available_now_target is None and time.monotonic() < self._next_probe_at:
+            return start  # backing off after a failed probe: no new data planned
         try:
-            ends = self._available_now_target or self._end_offsets()
-        except Exception as exc:  # broker down or topics gone for a moment: retry next trigger
-            log.warning(json.dumps({"event": "end_offsets_unavailable", "error": str(exc)[:300]}))
-            self._known_ends = None
+            known = self._available_now_target or self._end_offsets()
+        except Exception as exc:  # broker down, slow or topics gone: retry after a backoff
+            self._probe_failed(exc)
             return start
-        recreated = {tp: (begin[tp], end) for tp, end in ends.items() if end < begin.get(tp, 0)}
+        self._probe_failures = 0
+        recreated = {tp: (begin[tp], end) for tp, end in known.items()
+                     if end < begin.get(tp, 0)}
         if recreated:
             log.warning(json.dumps({"event": "log_recreated", "offsets_went_back": {
                 f"{t}-{p}": f"{old}->{new}" for (t, p), (old, new) in recreated.items()}}))
+        planned = known
         if isinstance(limit, ReadMaxRows):
-            ends = cap_offsets(begin, ends, min(limit.max_rows, self._adaptive_cap()))
-        return _nest(ends)
+            planned = cap_offsets(begin, known, min(limit.max_rows, self._adaptive_cap()))
+        # The sink takes the batch's lag from here: no second probe of the broker per batch.
+        self._write_status({"end_offsets": "ok", "ends": _nest(known),
+                            "planned": _nest(planned)})
+        return _nest(planned)
+
+    def _probe_failed(self, exc: Exception) -> None:
+        self._probe_failures += 1
+        retry_in_s = min(_PROBE_BACKOFF_MAX_S, 2.0 ** (self._probe_failures - 1))
+        self._next_probe_at = time.monotonic() + retry_in_s
+        self._known_ends = None  # the log may be recreated: probe from scratch next time
+        self._admin = None
+        error = str(exc)[:300]
+        log.warning(json.dumps({"event": "end_offsets_unavailable", "error": error,
+                                "failures": self._probe_failures, "retry_in_s": retry_in_s}))
+        self._write_status({"end_offsets": "unavailable", "error": error,
+                            "failures": self._probe_failures, "retry_in_s": retry_in_s})
+
+    def _write_status(self, state: dict) -> None:
+        if not self.status_file:
+            return
+        try:
+            tmp = f"{self.status_file}.tmp"
+            with open(tmp, "w") as file:
+                json.dump({**state, "at": int(time.time() * 1000)}, file)
+            os.replace(tmp, self.status_file)
+        except OSError as exc:  # a report, never a reason to stop planning
+            log.warning(json.dumps({"event": "source_status_unwritable", "error": str(exc)}))
 
     def _adaptive_cap(self) -> int:
         if not self.cap_file:
@@ -336,7 +379,7 @@ def _skip_gone(partition: OffsetRange, position: int, why: str) -> None:
 def kafka_stream(spark, servers: str, topics: list[str], *, native: bool = False,
                  starting_offsets: str = "earliest", max_offsets_per_trigger: int | None = None,
                  group_id: str | None = None, cap_file: str | None = None,
-                 read_tasks: int | None = None):
+                 status_file: str | None = None, read_tasks: int | None = None):
     """A streaming DataFrame over `topics` from this source or Spark's native `kafka` format.
 
     Both give the same columns; the native format needs the spark-sql-kafka jar on the
@@ -356,6 +399,8 @@ def kafka_stream(spark, servers: str, topics: list[str], *, native: bool = False
         source = "pa_kafka"
         if cap_file:
             options["capFile"] = cap_file
+        if status_file:
+            options["statusFile"] = status_file
         if read_tasks:
             options["readTasks"] = str(read_tasks)
     columns = [c.split()[0] for c in SCHEMA.split(", ")]

@@ -71,6 +71,8 @@ def data(res: Res, minutes: Annotated[int, Query(ge=1, le=24 * 60)] = 15) -> dic
             "latency_p99_ms": now["p99_ms"],
             "lag": now["lag"],
             "last_batch_at": now["last_batch_at"],
+            # Queries whose source cannot read the broker's end offsets: they plan no batch.
+            "end_offsets_unavailable": now["blind"] or [],
         },
         "stream": {
             "t": [_epoch(r["t"]) for r in stream],

@@ -9,6 +9,7 @@ from streaming.kafka_source import (
     cap_offsets,
     group_ranges,
 )
+from streaming.sinks import planned_lag, read_source_status
 
 
 def test_no_cap_needed_returns_the_ends():
@@ -56,15 +57,37 @@ def test_the_cap_counts_a_recreated_log_from_its_start():
     assert capped == {("t", 0): 20, ("t", 1): 20}
 
 
-def test_an_unreachable_broker_plans_no_new_data(monkeypatch):
-    reader = KafkaStreamReader({"kafka.bootstrap.servers": "x:1", "subscribe": "t"})
+def test_an_unreachable_broker_plans_no_new_data_and_backs_off(monkeypatch, tmp_path):
+    status_file = tmp_path / "status.json"
+    reader = KafkaStreamReader({"kafka.bootstrap.servers": "x:1", "subscribe": "t",
+                                "maxOffsetsPerTrigger": "10", "statusFile": str(status_file)})
+    probes = []
 
     def broker_down():
+        probes.append(1)
         raise ConnectionError("Broker transport failure")
 
     monkeypatch.setattr(reader, "_end_offsets", broker_down)
     start = {"t": {"0": 5}}
-    assert reader.latestOffset(start, reader.getDefaultReadLimit()) == start
+    limit = reader.getDefaultReadLimit()
+    assert reader.latestOffset(start, limit) == start
+    assert reader.latestOffset(start, limit) == start
+    assert len(probes) == 1  # the second trigger waited out the backoff: no probe
+    status = read_source_status(status_file)
+    assert status["end_offsets"] == "unavailable" and "transport" in status["error"]
+    assert planned_lag(status) is None
+
+    monkeypatch.setattr(reader, "_end_offsets", lambda: {("t", 0): 40})
+    reader._next_probe_at = 0.0  # the backoff is over
+    assert reader.latestOffset(start, limit) == {"t": {"0": 15}}
+    status = read_source_status(status_file)
+    assert status["end_offsets"] == "ok" and planned_lag(status) == {"t-0": 25}
+
+
+def test_the_lag_of_a_recreated_log_is_all_of_it():
+    status = {"end_offsets": "ok", "ends": {"t": {"0": 40, "1": 9}},
+              "planned": {"t": {"0": 500, "1": 9}}}
+    assert planned_lag(status) == {"t-0": 40, "t-1": 0}
 
 
 @pytest.mark.parametrize(("options", "message"), [
