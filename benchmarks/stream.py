@@ -28,13 +28,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from models.features import ENGINES, fold  # noqa: E402
+from models.incidents import Incident  # noqa: E402
+from models.rules import fired  # noqa: E402
 from patternalarm import db, kafka  # noqa: E402
 from patternalarm import settings as settings_mod  # noqa: E402
 from patternalarm.domains import contract  # noqa: E402
 from patternalarm.events import InvalidEvent  # noqa: E402
 from patternalarm.settings import DOMAINS  # noqa: E402
-from streaming.rules import fired  # noqa: E402
-from streaming.sinks import BatchMetrics, Incident, commit_batch  # noqa: E402
+from streaming.sinks import BatchMetrics, commit_batch  # noqa: E402
 
 BIN = Path(sys.executable).parent
 WARMUP_S = 30

@@ -22,9 +22,9 @@ from pyspark.sql.streaming.stateful_processor import (
 )
 from pyspark.sql.types import BinaryType, StructField, StructType
 
-from models.features import ENGINES, FEATURES, fold
+from models.features import ENGINES, fold
+from models.rules import ABSENCE_AFTER_S, Rule, absence_rule, hits, window_start
 from streaming.parse import DLQ_BUCKET, conform
-from streaming.rules import ABSENCE_AFTER_S, RULES, Rule, fired
 
 OUTPUT = ", ".join([
     "kind string", "domain string", "entity_id string", "event_id string", "event_time long",
@@ -33,14 +33,6 @@ OUTPUT = ", ".join([
     "reason string", "raw binary", "raw_length long", "raw_sha256 string"])
 # How often a bucket re-checks its entities for silence, in event time.
 _ABSENCE_CHECK_MS = 15_000
-
-
-def window_start(rule: Rule, event_time: int, quiet_since: int | None = None) -> int:
-    """Start of the incident window; an absence is anchored where the silence began, so the
-    timer's incident and the one raised by the late reading share a key."""
-    anchor = quiet_since if quiet_since is not None else event_time
-    span = rule.window_s * 1000
-    return anchor // span * span
 
 
 class Detector(StatefulProcessor):
@@ -82,19 +74,9 @@ class Detector(StatefulProcessor):
         self._save(bucket)
 
     def _rule_incidents(self, domain: str, frame: pd.DataFrame, matrix) -> list[dict]:
-        names = FEATURES[domain]
-        incidents = []
-        for row, rule in fired(domain, matrix):
-            values = matrix[row]
-            event = frame.iloc[row]
-            quiet_since = None
-            if rule.kind == "absence":
-                quiet_since = int(event["event_time"] - values[names.index("secs_since_last")]
-                                  * 1000)
-            incidents.append(_incident(domain, event, rule, window_start(
-                rule, int(event["event_time"]), quiet_since),
-                {f: float(values[names.index(f)]) for f, _, _ in rule.when}))
-        return incidents
+        return [_incident(domain, frame.iloc[row], rule, window, values)
+                for row, rule, window, values in hits(domain, frame["event_time"].to_numpy(),
+                                                      matrix)]
 
     def handleExpiredTimer(self, key: tuple, timerValues: TimerValues,
                            expiredTimerInfo: ExpiredTimerInfo) -> Iterator[pd.DataFrame]:
@@ -102,7 +84,7 @@ class Detector(StatefulProcessor):
         bucket = self._load()
         watermark = timerValues.getCurrentWatermarkInMs()
         absence_ms = int(ABSENCE_AFTER_S[domain] * 1000)
-        rule = next(r for r in RULES[domain] if r.kind == "absence")
+        rule = absence_rule(domain)
         incidents = []
         for entity, state in bucket["entities"].items():
             last = state.get("last_t")

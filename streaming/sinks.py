@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import logging
 import shutil
@@ -19,7 +18,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import psycopg2
@@ -30,36 +28,9 @@ from psycopg2.extras import Json, execute_values
 from pyspark.sql import Row
 from pyspark.sql.streaming import StreamingQueryListener
 
+from models.incidents import SEVERITIES, Incident, merge_same_key, model_incident
+
 log = logging.getLogger("patternalarm.stream")
-
-SEVERITIES = ("low", "medium", "high", "critical")
-
-
-def incident_key(domain: str, entity_id: str, detector: str, window_start_ms: int) -> str:
-    """Stable key: the same detection in the same window always maps to the same row."""
-    digest = hashlib.sha1(f"{domain}\x1f{entity_id}\x1f{detector}\x1f{window_start_ms}".encode())
-    return f"{domain}:{detector}:{digest.hexdigest()[:20]}"
-
-
-@dataclass(frozen=True)
-class Incident:
-    domain: str
-    entity_id: str
-    detector: str
-    detector_kind: str  # rule | model
-    window_start_ms: int
-    severity: str
-    first_event_ms: int
-    last_event_ms: int
-    event_count: int = 1
-    score: float | None = None
-    model_name: str | None = None
-    model_version: str | None = None
-    evidence: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return incident_key(self.domain, self.entity_id, self.detector, self.window_start_ms)
 
 
 def _ts(ms: int) -> datetime:
@@ -110,7 +81,7 @@ _METRIC_COLUMNS = tuple(BatchMetrics.__dataclass_fields__)
 def commit_batch(conn: connection, query_name: str, batch_id: int,
                  incidents: Sequence[Incident], metrics: BatchMetrics) -> bool:
     """Write a micro-batch's incidents and metrics exactly once; False if already committed."""
-    merged = _merge_same_key(incidents)
+    merged = merge_same_key(incidents)
     with conn, conn.cursor() as cur:
         cur.execute(
             """INSERT INTO stream_batches (query_name, batch_id, input_rows, incidents)
@@ -133,27 +104,6 @@ def commit_batch(conn: connection, query_name: str, batch_id: int,
                 VALUES (%s, %s, %s, {", ".join(["%s"] * len(_METRIC_COLUMNS))})""",
             (query_name, batch_id, len(merged), *values.values()))
     return True
-
-
-def _merge_same_key(incidents: Sequence[Incident]) -> list[Incident]:
-    """One row per key within a batch (ON CONFLICT cannot touch a row twice in one statement)."""
-    by_key: dict[str, Incident] = {}
-    for incident in incidents:
-        seen = by_key.get(incident.key)
-        if seen is None:
-            by_key[incident.key] = incident
-            continue
-        worse = max(seen, incident, key=lambda i: SEVERITIES.index(i.severity))
-        scores = [s for s in (seen.score, incident.score) if s is not None]
-        by_key[incident.key] = Incident(**{
-            **asdict(worse),
-            "first_event_ms": min(seen.first_event_ms, incident.first_event_ms),
-            "last_event_ms": max(seen.last_event_ms, incident.last_event_ms),
-            "event_count": seen.event_count + incident.event_count,
-            "score": max(scores) if scores else None,
-            "evidence": {**seen.evidence, **incident.evidence},
-        })
-    return list(by_key.values())
 
 
 def log_line(query_name: str, batch_id: int, metrics: BatchMetrics) -> str:
@@ -244,14 +194,9 @@ class BatchSink:
             hits = self._spark_scores(self.spark.createDataFrame(features), champions)
         else:
             hits = score_features(features.to_pandas(), champions).itertuples(index=False)
-        window_ms = 900_000
-        return [Incident(h.domain, h.entity_id, "model", "model",
-                         int(h.event_time) // window_ms * window_ms,
-                         "high" if h.score >= 0.9 else "medium", int(h.event_time),
-                         int(h.event_time),
-                         score=float(h.score), model_name=model_name(h.domain),
-                         model_version=champions[h.domain].version,
-                         evidence={"score": float(h.score), "event_id": h.event_id})
+        return [model_incident(h.domain, h.entity_id, h.event_id, int(h.event_time),
+                               float(h.score), model_name(h.domain),
+                               champions[h.domain].version)
                 for h in hits]
 
     def _spark_scores(self, features, champions) -> list:

@@ -9,9 +9,10 @@ import uuid
 
 import pytest
 
+from models.incidents import Incident
 from patternalarm import db, secrets
 from patternalarm.settings import PROJECT_ROOT
-from streaming.sinks import BatchMetrics, Incident, commit_batch
+from streaming.sinks import BatchMetrics, commit_batch
 from tests.conftest import wait_until
 from tests.integration.browser import Browser
 

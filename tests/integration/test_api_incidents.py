@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from api.database import Database
+from models.incidents import Incident
 from patternalarm import db, secrets
-from streaming.sinks import BatchMetrics, Incident, commit_batch
+from streaming.sinks import BatchMetrics, commit_batch
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration

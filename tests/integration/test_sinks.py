@@ -7,8 +7,9 @@ import uuid
 
 import pytest
 
+from models.incidents import Incident
 from patternalarm import db
-from streaming.sinks import BatchMetrics, Incident, commit_batch
+from streaming.sinks import BatchMetrics, commit_batch
 
 pytestmark = pytest.mark.integration
 

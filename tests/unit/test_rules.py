@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from models.features import FEATURES
-from streaming.rules import ABSENCE_AFTER_S, RULES, fired
+from models.rules import ABSENCE_AFTER_S, RULES, fired
 
 
 def row(domain, **values):

@@ -1,4 +1,4 @@
-from streaming.sinks import Incident, _merge_same_key, incident_key
+from models.incidents import Incident, incident_key, merge_same_key
 
 
 def make(**kw):
@@ -26,7 +26,7 @@ def test_same_key_in_one_batch_merges_counts_times_and_worst_severity():
     a = make(severity="medium", score=0.7, evidence={"a": 1})
     b = make(severity="high", score=0.9, first_event_ms=1_699_999_999_000,
              last_event_ms=1_700_000_005_000, event_count=2, evidence={"b": 2})
-    [merged] = _merge_same_key([a, b])
+    [merged] = merge_same_key([a, b])
     assert merged.event_count == 5
     assert merged.severity == "high" and merged.score == 0.9
     assert (merged.first_event_ms, merged.last_event_ms) == (1_699_999_999_000, 1_700_000_005_000)
@@ -34,7 +34,7 @@ def test_same_key_in_one_batch_merges_counts_times_and_worst_severity():
 
 
 def test_different_windows_stay_apart():
-    assert len(_merge_same_key([make(), make(window_start_ms=1_700_000_060_000)])) == 2
+    assert len(merge_same_key([make(), make(window_start_ms=1_700_000_060_000)])) == 2
 
 
 def test_cap_shrinks_slow_batches_and_grows_while_behind():

@@ -5,6 +5,9 @@ the entity's history: counts in windows, runs, gaps, time since an earlier kind 
 threshold, count-in-window, run-length, sequence (A then B within T) and absence rules are all
 one shape. Absence is also checked without a closing event: the streaming job's state raises
 `silence` when the watermark passes an entity's last event by `ABSENCE_AFTER_S`.
+
+The stream (streaming/detector.py) and the offline detector (models/offline.py) both take their
+hits and incident windows from here.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Literal
 import numpy as np
 
 from models.features import FEATURES
+from models.incidents import window_start_ms
 
 Kind = Literal["threshold", "count_in_window", "sequence", "absence", "run_length"]
 _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt,
@@ -90,3 +94,29 @@ def fired(domain: str, features: np.ndarray) -> list[tuple[int, Rule]]:
             mask &= _OPS[op](features[:, columns[feature]], value)
         hits.extend((int(row), rule) for row in np.flatnonzero(mask))
     return hits
+
+
+def window_start(rule: Rule, event_time: int, quiet_since: int | None = None) -> int:
+    """Start of the incident window; an absence is anchored where the silence began, so the
+    timer's incident and the one raised by the late reading share a key."""
+    return window_start_ms(quiet_since if quiet_since is not None else event_time,
+                           rule.window_s)
+
+
+def hits(domain: str, times_ms, features: np.ndarray
+         ) -> list[tuple[int, Rule, int, dict[str, float]]]:
+    """(row, rule, window start, the rule's feature values) for every rule that holds."""
+    names = FEATURES[domain]
+    out = []
+    for row, rule in fired(domain, features):
+        values = features[row]
+        t = int(times_ms[row])
+        quiet_since = (int(t - values[names.index("secs_since_last")] * 1000)
+                       if rule.kind == "absence" else None)
+        out.append((row, rule, window_start(rule, t, quiet_since),
+                    {f: float(values[names.index(f)]) for f, _, _ in rule.when}))
+    return out
+
+
+def absence_rule(domain: str) -> Rule:
+    return next(r for r in RULES[domain] if r.kind == "absence")
