@@ -9,7 +9,9 @@
   **Great Expectations gate** (the task fails with exit code 3 and the report goes to MLflow
   when the data violates the suite), trains a Spark MLlib model, logs metrics and plots to
   MLflow, registers a version and, with `promote`, gives it the `champion` alias only if it
-  beats the current champion's PR-AUC on the same holdout (else alias `challenger`).
+  beats the current champion's PR-AUC on the same holdout and, for a generated domain, its
+  incident-level precision on a replay at the live anomaly rate reaches the target and is no
+  worse than the champion's on the same replay (else alias `challenger`).
 - **report_decision** reads that MLflow run back: both scores and the decision are in its log
   and XCom; the branch shows the outcome in the graph.
 
@@ -88,7 +90,9 @@ with DAG(
         # run started is this run's.
         found = decision(settings.get(), p["domain"], dag_run.start_date)
         print(f"{p['domain']}: new PR-AUC {found['new_pr_auc']}, champion PR-AUC "
-              f"{found['champion_pr_auc']} (v{found['champion_version']}) -> "
+              f"{found['champion_pr_auc']} (v{found['champion_version']}); replay incident "
+              f"precision new {found['replay_precision']}, champion "
+              f"{found['champion_replay_precision']}, target {found['target_precision']} -> "
               f"{'PROMOTED' if found['promoted'] else 'KEPT the champion'}: {found['decision']}"
               f" (MLflow run {found['run_id']})")
         return found

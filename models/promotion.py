@@ -5,6 +5,11 @@ the current champion on the same holdout.
 exactly the rows the new model was evaluated on, so both numbers answer the same question on
 data neither model was trained on. The comparison metric is PR-AUC (average precision), the one
 that matters for rare positives; ties keep the current champion.
+
+For a generated domain, the decision also looks at what an analyst would see: the model's
+incident-level precision on the evaluation replay at the live anomaly rate
+(``models.offline``). The new version must reach the target and do no worse than the champion
+(with its own threshold) on the same replay.
 """
 
 from __future__ import annotations
@@ -26,17 +31,53 @@ METRIC = "pr_auc"
 
 
 @dataclass(frozen=True)
+class ReplayGate:
+    """Incident-level precision of the model detector on one replay (None: no incident)."""
+
+    target: float
+    new_precision: float | None
+    champion_precision: float | None = None
+
+
+@dataclass(frozen=True)
 class Decision:
     alias: str                       # CHAMPION or CHALLENGER
     new_score: float
     champion_score: float | None     # None: no champion, or it could not be scored
     champion_version: str | None
     reason: str
+    replay: ReplayGate | None = None
+
+
+def _precision(value: float | None) -> str:
+    return "no incident" if value is None else f"{value:.3f}"
 
 
 def decide(new_score: float, champion_version: str | None, champion_score: float | None,
-           unscorable: str | None = None) -> Decision:
+           unscorable: str | None = None, replay: ReplayGate | None = None) -> Decision:
     """The rule itself, free of I/O."""
+    if replay is not None:
+        new = replay.new_precision
+        if new is None or new < replay.target:
+            return Decision(CHALLENGER, new_score, champion_score, champion_version,
+                            f"replay incident precision {_precision(new)} below the target "
+                            f"{replay.target}", replay)
+        old = replay.champion_precision
+        if champion_version is not None and old is not None and new < old:
+            return Decision(CHALLENGER, new_score, champion_score, champion_version,
+                            f"replay incident precision {new:.3f} < champion "
+                            f"v{champion_version} {old:.3f}", replay)
+    decision = _by_score(new_score, champion_version, champion_score, unscorable)
+    if replay is None:
+        return decision
+    return Decision(decision.alias, new_score, champion_score, champion_version,
+                    f"{decision.reason}; replay incident precision "
+                    f"{replay.new_precision:.3f} (target {replay.target}, champion "
+                    f"{_precision(replay.champion_precision)})", replay)
+
+
+def _by_score(new_score: float, champion_version: str | None, champion_score: float | None,
+              unscorable: str | None) -> Decision:
     if champion_version is None:
         return Decision(CHAMPION, new_score, None, None, "no champion yet")
     if champion_score is None:
@@ -79,13 +120,36 @@ def score_version(client: MlflowClient, name: str, version: str, holdout: DataFr
     return pr_auc(scored["score"].to_numpy(), scored[LABEL].to_numpy()), None
 
 
+def replay_precision(client: MlflowClient, name: str, version: str, domain: str, replay
+                     ) -> float | None:
+    """The model detector's incident precision of that version (its own threshold) on the
+    replay: what it would have shown an analyst."""
+    from models import offline
+    from models.incidents import MODEL_DETECTOR
+    from models.registry import compile_version
+
+    scorer = compile_version(client, client.get_model_version(name, version))
+    quality = offline.evaluate(domain, scorer, replay, version).quality.get(MODEL_DETECTOR)
+    return quality.precision if quality else None
+
+
 def promote(client: MlflowClient, name: str, version: str, new_score: float,
-            holdout: DataFrame) -> Decision:
-    """Decide, move the alias, and log the decision and both scores to the active run."""
+            holdout: DataFrame, replay_gate: tuple[str, object, ReplayGate] | None = None
+            ) -> Decision:
+    """Decide, move the alias, and log the decision and both scores to the active run.
+
+    ``replay_gate``: (domain, the evaluation replay, the new version's figures on it); the
+    champion is evaluated on the same replay."""
     champion = _current_champion(client, name)
     score, unscorable = (score_version(client, name, champion, holdout) if champion
                          else (None, None))
-    decision = decide(new_score, champion, score, unscorable)
+    gate = None
+    if replay_gate is not None:
+        domain, replay, gate = replay_gate
+        if champion is not None:
+            gate = ReplayGate(gate.target, gate.new_precision,
+                              replay_precision(client, name, champion, domain, replay))
+    decision = decide(new_score, champion, score, unscorable, gate)
     client.set_registered_model_alias(name, decision.alias, version)
     client.set_model_version_tag(name, version, "promotion", decision.reason)
     mlflow.log_params({"promotion_alias": decision.alias,
@@ -94,4 +158,6 @@ def promote(client: MlflowClient, name: str, version: str, new_score: float,
     mlflow.log_metric(f"promotion_new_{METRIC}", new_score)
     if decision.champion_score is not None:
         mlflow.log_metric(f"promotion_champion_{METRIC}", decision.champion_score)
+    if gate is not None and gate.champion_precision is not None:
+        mlflow.log_metric("promotion_champion_replay_precision", gate.champion_precision)
     return decision

@@ -15,29 +15,41 @@ from datetime import datetime
 
 from psycopg2.extensions import connection
 
+# How far around an episode an incident still counts as its detection.
+BEFORE_S = 60.0
+AFTER_S = 120.0
+
 _SCORE = """
 WITH episodes AS (
     SELECT episode_id, domain, entity_id, start_time, end_time, truncated,
            start_time >= %(since)s AND NOT truncated AS scored
     FROM ground_truth WHERE run_id = ANY(%(runs)s)
 ), incs AS (
-    SELECT incident_key, domain, entity_id, first_event_time, last_event_time
+    SELECT incident_key, domain, detector, entity_id, first_event_time, last_event_time
     FROM incidents
     WHERE domain = ANY(%(domains)s) AND last_event_time >= %(since)s
       AND first_event_time <= %(until)s
 ), matches AS (
-    SELECT i.incident_key, e.episode_id, e.scored, i.domain
+    SELECT i.incident_key, e.episode_id, e.scored, i.domain, i.detector
     FROM incs i JOIN episodes e
       ON e.domain = i.domain AND e.entity_id = i.entity_id
      AND i.last_event_time >= e.start_time - make_interval(secs => %(before_s)s)
      AND i.first_event_time <= e.end_time + make_interval(secs => %(after_s)s)
+), detectors AS (
+    SELECT DISTINCT domain, detector FROM incs
+    UNION ALL
+    SELECT d, 'all' FROM unnest(%(domains)s::text[]) AS d
 )
-SELECT d.domain,
-       (SELECT count(*) FROM episodes e WHERE e.domain = d.domain AND e.scored),
-       (SELECT count(DISTINCT episode_id) FROM matches m WHERE m.domain = d.domain AND m.scored),
-       (SELECT count(*) FROM incs i WHERE i.domain = d.domain),
-       (SELECT count(DISTINCT incident_key) FROM matches m WHERE m.domain = d.domain)
-FROM unnest(%(domains)s::text[]) AS d(domain)
+SELECT t.domain,
+       (SELECT count(*) FROM episodes e WHERE e.domain = t.domain AND e.scored),
+       (SELECT count(DISTINCT episode_id) FROM matches m
+        WHERE m.domain = t.domain AND m.scored AND t.detector IN ('all', m.detector)),
+       (SELECT count(*) FROM incs i
+        WHERE i.domain = t.domain AND t.detector IN ('all', i.detector)),
+       (SELECT count(DISTINCT incident_key) FROM matches m
+        WHERE m.domain = t.domain AND t.detector IN ('all', m.detector)),
+       t.detector
+FROM detectors t
 """
 
 
@@ -48,6 +60,7 @@ class Quality:
     detected: int
     incidents: int
     true_incidents: int
+    detector: str = "all"
 
     @property
     def recall(self) -> float | None:
@@ -61,10 +74,24 @@ class Quality:
         return {**asdict(self), "recall": self.recall, "precision": self.precision}
 
 
-def detection_quality(conn: connection, run_ids: list[str], domains: list[str],
-                      since: datetime, until: datetime, before_s: float = 60.0,
-                      after_s: float = 120.0) -> dict[str, Quality]:
+def quality_by_detector(conn: connection, run_ids: list[str], domains: list[str],
+                        since: datetime, until: datetime, before_s: float = BEFORE_S,
+                        after_s: float = AFTER_S) -> dict[str, dict[str, Quality]]:
+    """{domain: {detector: Quality}}, every detector of the domain together under ``all``; a
+    detector's recall is the share of the domain's episodes it found."""
     with conn, conn.cursor() as cur:
         cur.execute(_SCORE, {"runs": run_ids, "domains": domains, "since": since,
                              "until": until, "before_s": before_s, "after_s": after_s})
-        return {row[0]: Quality(*row) for row in cur.fetchall()}
+        rows = cur.fetchall()
+    out: dict[str, dict[str, Quality]] = {d: {} for d in domains}
+    for row in rows:
+        out[row[0]][row[5]] = Quality(*row)
+    return out
+
+
+def detection_quality(conn: connection, run_ids: list[str], domains: list[str],
+                      since: datetime, until: datetime, before_s: float = BEFORE_S,
+                      after_s: float = AFTER_S) -> dict[str, Quality]:
+    """Per domain, all detectors together."""
+    return {d: q["all"] for d, q in quality_by_detector(
+        conn, run_ids, domains, since, until, before_s, after_s).items()}

@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     stream_postgres_retry_s: float = Field(120.0, ge=0)
     model_refresh_s: float = Field(5.0, gt=0)
 
+    # Models are judged in the world they are deployed in: the anomaly rate of live traffic
+    # (episodes started per event; the generator's default) and the precision an analyst sees
+    # per incident. Training replays a stream at this rate and picks the threshold for it.
+    live_anomaly_rate: float = Field(0.001, gt=0, le=0.1)
+    target_incident_precision: float = Field(0.9, gt=0, le=1)
+
     # The embedded broker, S3 server and MLflow server authenticate nobody: serving them on a
     # non-loopback BIND_HOST takes this explicit consent. Last field: its check reads the others.
     allow_unauthenticated_network: bool = False

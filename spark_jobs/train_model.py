@@ -89,8 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev = p.add_argument_group("evaluation and registry")
     ev.add_argument("--holdout-fraction", type=float, default=0.2,
                     help="latest share of rows (by time) held out")
-    ev.add_argument("--target-precision", type=float, default=0.9,
-                    help="the threshold is the highest-recall one reaching this precision")
+    ev.add_argument("--target-precision", type=float,
+                    default=settings_mod.get().target_incident_precision,
+                    help="the threshold is the highest-recall one reaching this precision: "
+                         "per incident on a replay at the live anomaly rate (lake, "
+                         "bootstrap), per row on the holdout (file)")
+    ev.add_argument("--live-anomaly-rate", type=float,
+                    default=settings_mod.get().live_anomaly_rate,
+                    help="episodes started per event in live traffic: the rate of the "
+                         "replays that set the threshold and judge the model (lake, bootstrap)")
     ev.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment")
     ev.add_argument("--promote", action="store_true",
                     help="alias the new version champion if it beats the champion, "
@@ -118,6 +125,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         raise InputError("--holdout-fraction must be between 0 and 1")
     if not 0.0 < args.target_precision <= 1.0:
         raise InputError("--target-precision must be in (0, 1]")
+    if not 0.0 < args.live_anomaly_rate <= 0.1:
+        raise InputError("--live-anomaly-rate must be in (0, 0.1]")
     args.features = [c.strip() for c in args.features.split(",") if c.strip()] \
         if args.features else None
     return args
@@ -337,6 +346,44 @@ def _register(model, holdout, features: list[str], config: dict, version_tags: d
     return version
 
 
+def _replay_evaluation(model, args: argparse.Namespace, out: Path):
+    """The model in the world it is deployed in, offline (models.offline): its threshold set
+    for incident-level precision on a calibration replay at the live anomaly rate, then rules
+    and model run over the evaluation replay (the same for every version) and scored per
+    detector. Returns (that replay, the promotion gate, the figures for MLflow)."""
+    import dataclasses
+
+    from models import offline, promotion
+    from models.incidents import MODEL_DETECTOR
+    from models.local_scorer import compile_model
+
+    started = time.monotonic()
+    model.save(str(out / "model"))
+    scorer = compile_model(out / "model")
+    calibration = offline.calibrate(
+        args.domain, scorer, offline.live_replay(args.domain, args.live_anomaly_rate,
+                                                 offline.REPLAY_SEED + 1),
+        args.target_precision)
+    scorer = dataclasses.replace(scorer, threshold_p1=calibration.threshold)
+    replay = offline.live_replay(args.domain, args.live_anomaly_rate)
+    evaluated = offline.evaluate(args.domain, scorer, replay)
+    model_quality = evaluated.quality.get(MODEL_DETECTOR)
+    figures = {"threshold_incident": calibration.threshold,
+               "threshold_incident_met": float(calibration.target_met),
+               "calibration_model_precision": calibration.precision,
+               "calibration_model_recall": calibration.recall,
+               "live_anomaly_rate": args.live_anomaly_rate,
+               "replay_seconds": time.monotonic() - started, **evaluated.metrics()}
+    if 0 < evaluated.labels.sum() < len(evaluated.labels):
+        from models.evaluation import pr_auc
+
+        figures["live_event_pr_auc"] = pr_auc(evaluated.scores, evaluated.labels)
+    log.info("replay at the live rate: %s", {k: round(v, 4) for k, v in figures.items()})
+    gate = promotion.ReplayGate(args.target_precision,
+                                model_quality.precision if model_quality else None)
+    return replay, gate, figures
+
+
 def train(spark, args: argparse.Namespace, df, features: list[str],
           source_params: dict[str, str]) -> dict:
     """Gate, train, evaluate, log, register and (optionally) promote. Returns the summary."""
@@ -382,11 +429,21 @@ def train(spark, args: argparse.Namespace, df, features: list[str],
 
         held = pipeline.positive_probability(model, holdout).select("score", "label").toPandas()
         scores, labels = held["score"].to_numpy(), held["label"].to_numpy()
+        # Per row on the holdout: the threshold of a file's model, and for a generated domain
+        # the figure to compare with the live one (the bootstrap set is enriched ten-fold).
         choice = evaluation.choose_threshold(scores, labels, args.target_precision)
+        replay, live_metrics = None, {}
+        if args.source in ("lake", "bootstrap"):
+            replay, gate, live_metrics = _replay_evaluation(model, args, out)
+            live_metrics["enriched_threshold"] = choice.threshold
+            choice = evaluation.ThresholdChoice(live_metrics["threshold_incident"],
+                                                args.target_precision,
+                                                bool(live_metrics["threshold_incident_met"]))
         if not choice.target_met:
-            log.warning("no threshold reaches precision %s on the holdout; took the best-F1 "
-                        "threshold %.4f", args.target_precision, choice.threshold)
-        metrics = evaluation.holdout_metrics(scores, labels, choice)
+            log.warning("no threshold reaches precision %s; took threshold %.4f",
+                        args.target_precision, choice.threshold)
+        # The enriched holdout's figures at the threshold in use, next to the live ones.
+        metrics = {**evaluation.holdout_metrics(scores, labels, choice), **live_metrics}
         mlflow.log_metrics(metrics)
 
         importances = pipeline.feature_importances(model, features)
@@ -405,7 +462,8 @@ def train(spark, args: argparse.Namespace, df, features: list[str],
                    "run_id": run.info.run_id, **metrics}
         if args.promote:
             decision = promotion.promote(MlflowClient(), args.model_name, version,
-                                         metrics[promotion.METRIC], holdout)
+                                         metrics[promotion.METRIC], holdout,
+                                         (args.domain, replay, gate) if replay else None)
             summary.update(alias=decision.alias, promotion_reason=decision.reason,
                            champion_version=decision.champion_version,
                            champion_pr_auc=decision.champion_score)

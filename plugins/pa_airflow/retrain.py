@@ -63,5 +63,9 @@ def decision(cfg: Settings, domain: str, since: datetime) -> dict[str, Any]:
             "new_pr_auc": metrics.get("pr_auc"),
             "champion_pr_auc": metrics.get("promotion_champion_pr_auc"),
             "champion_version": params.get("promotion_champion_version"),
+            # The model's incident precision on the live-rate replay: the promotion gate.
+            "replay_precision": metrics.get("replay_model_precision"),
+            "champion_replay_precision": metrics.get("promotion_champion_replay_precision"),
+            "target_precision": params.get("target_precision"),
             "promoted": alias == "champion",
             "decision": tags.get("promotion_reason") or "not compared (promote=false)"}
