@@ -331,13 +331,15 @@ class BatchSink:
 
 
 class _AfterBatch(StreamingQueryListener):
-    """What Spark tells only after a batch or while idle. Rows the watermark dropped are
-    counted into their batch's metrics row, never lost silently; whether the source can read
-    end offsets goes to stream_health, so an outage with no batches is still seen."""
+    """What Spark tells only after a batch or while idle. Rows the watermark dropped and the
+    state's size go into the batch's metrics row (late rows are never lost silently); whether
+    the source can read end offsets goes to stream_health, so an outage with no batches is
+    still seen."""
 
     def __init__(self, cfg, query_name: str, status_file):
         self.cfg, self.query_name, self.status_file = cfg, query_name, status_file
         self.reported: str | None = None
+        self._conn: connection | None = None  # the listener's own: it runs on its own thread
 
     def onQueryStarted(self, event) -> None:
         pass
@@ -352,11 +354,15 @@ class _AfterBatch(StreamingQueryListener):
         progress = event.progress
         if progress.name != self.query_name:
             return
-        late = sum(op.numRowsDroppedByWatermark for op in progress.stateOperators)
-        if late:
-            self._execute("""UPDATE stream_metrics SET late_events = late_events + %s
-                             WHERE query_name = %s AND batch_id = %s""",
-                          (late, self.query_name, progress.batchId))
+        operators = progress.stateOperators
+        late = sum(op.numRowsDroppedByWatermark for op in operators)
+        state_bytes = sum(int(op.customMetrics.get("rocksdbSstFileSize", op.memoryUsedBytes))
+                          for op in operators)
+        self._execute("""UPDATE stream_metrics SET late_events = late_events + %s,
+                                state_rows = %s, state_bytes = %s
+                         WHERE query_name = %s AND batch_id = %s""",
+                      (late, sum(op.numRowsTotal for op in operators), state_bytes,
+                       self.query_name, progress.batchId))
         self._report_source()
 
     def _report_source(self) -> None:
@@ -375,10 +381,16 @@ class _AfterBatch(StreamingQueryListener):
         from patternalarm import db
 
         try:
-            with contextlib.closing(db.connect(self.cfg)) as conn, conn, conn.cursor() as cur:
+            if self._conn is None or self._conn.closed:
+                self._conn = db.connect(self.cfg)
+            with self._conn, self._conn.cursor() as cur:
                 cur.execute(sql, args)
-        except psycopg2.Error as exc:  # a report: the next event tries again
+        except (ConnectionError, psycopg2.Error) as exc:  # a report: the next event retries
             self.reported = None
+            if self._conn is not None:
+                with contextlib.suppress(psycopg2.Error):
+                    self._conn.close()
+            self._conn = None
             log.warning(json.dumps({"event": "listener_write_failed", "error": str(exc)[:200]}))
 
 

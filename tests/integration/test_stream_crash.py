@@ -1,9 +1,12 @@
-"""kill -9 of the streaming driver mid-stream, restart from the checkpoint: the incidents table
-equals that of an uninterrupted run over the same events — nothing lost, nothing duplicated."""
+"""Faults mid-stream against one uninterrupted reference run over the same events: kill -9 of
+the streaming driver (restart from the checkpoint), and kill -9 of PostgreSQL under traffic
+(the supervisor restarts it, the sink retries): each time the incidents table equals the
+reference — nothing lost, nothing duplicated."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -52,11 +55,20 @@ def batches(cfg, query: str) -> int:
         return cur.fetchone()[0]
 
 
-def test_kill_9_of_the_driver_loses_and_duplicates_nothing(stack):
+def processed(cfg, query: str) -> int:
+    with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
+        cur.execute("SELECT coalesce(sum(input_rows), 0) FROM stream_metrics "
+                    "WHERE query_name = %s", (query,))
+        return int(cur.fetchone()[0])
+
+
+@pytest.fixture(scope="module")
+def reference(stack):
+    """Topics of its own with 20 minutes of events, and the incidents of one uninterrupted
+    `--available-now` run over them; the incidents are cleared for the fault runs."""
     cfg, env = own_topics("k")
-    prefix = cfg.topic_prefix
     # Two hours back: other tests' events (the acceptance run covers the last half hour) share
-    # entity ids, so only a time range of its own keeps this test's incidents apart.
+    # entity ids, so only a time range of its own keeps this module's incidents apart.
     start = datetime.now(UTC) - timedelta(hours=2)
     generated = subprocess.run(
         [f"{BIN}/patternalarm", "generate", "--domain", DOMAINS, "--rate", "300",
@@ -65,17 +77,23 @@ def test_kill_9_of_the_driver_loses_and_duplicates_nothing(stack):
         env=env, capture_output=True, text=True, timeout=600)
     assert generated.returncode == 0, generated.stderr[-2000:]
 
-    reference = subprocess.run(job(env, f"ref-{prefix}", "--available-now"), env=env,
+    reference = subprocess.run(job(env, f"ref-{cfg.topic_prefix}", "--available-now"), env=env,
                                capture_output=True, text=True, timeout=1200)
     assert reference.returncode == 0, reference.stdout[-3000:]
     expected = incidents(cfg, start)
     assert len(expected) >= 10
-    clear(cfg, start)
-
-    # Small micro-batches, so the kill lands mid-stream with batches still to come.
-    crash_env = {**env, "PATTERNALARM_STREAM_MAX_OFFSETS_PER_TRIGGER": "1000",
+    # Small micro-batches, so a fault lands mid-stream with batches still to come.
+    fault_env = {**env, "PATTERNALARM_STREAM_MAX_OFFSETS_PER_TRIGGER": "1000",
                  "PATTERNALARM_STREAM_TRIGGER_S": "0"}
-    query = f"crash-{prefix}"
+    return {"cfg": cfg, "env": fault_env, "start": start, "expected": expected,
+            "sent": json.loads(generated.stdout)["sent"]}
+
+
+def test_kill_9_of_the_driver_loses_and_duplicates_nothing(reference):
+    cfg, crash_env, start = reference["cfg"], reference["env"], reference["start"]
+    expected = reference["expected"]
+    clear(cfg, start)
+    query = f"crash-{cfg.topic_prefix}"
     with open(cfg.var_dir / f"{query}.log", "wb") as log:
         driver = subprocess.Popen(job(crash_env, query), env=crash_env, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
@@ -96,3 +114,41 @@ def test_kill_9_of_the_driver_loses_and_duplicates_nothing(stack):
     assert restarted.returncode == 0, restarted.stdout[-3000:]
     assert batches(cfg, query) > committed_before_restart
     assert incidents(cfg, start) == expected
+
+
+def test_kill_9_of_postgres_under_traffic_loses_and_duplicates_nothing(reference):
+    """The supervisor brings PostgreSQL back; the running job rides out the outage (its sink
+    retries on new connections) and commits every batch exactly once."""
+    from patternalarm.services import Stack
+
+    cfg, env, start = reference["cfg"], reference["env"], reference["start"]
+    clear(cfg, start)
+    query = f"pgkill-{cfg.topic_prefix}"
+    supervisor = Stack(cfg).supervisor
+    log_path = cfg.var_dir / f"{query}.log"
+    with open(log_path, "wb") as log:
+        driver = subprocess.Popen(job(env, query), env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: batches(cfg, query) >= 3, timeout_s=600)
+        postgres = supervisor.process("postgres")
+        postgres.send_signal(signal.SIGKILL)
+        wait_until(lambda: supervisor.process("postgres") not in (None, postgres),
+                   timeout_s=60)
+
+        def caught_up() -> bool:
+            assert driver.poll() is None, log_path.read_text()[-3000:]
+            try:
+                return processed(cfg, query) >= reference["sent"]
+            except ConnectionError:  # Postgres still starting
+                return False
+
+        wait_until(caught_up, timeout_s=900)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGTERM)
+        driver.wait(120)
+    output = log_path.read_text()
+    assert "postgres_unavailable" in output  # the outage really hit the running job
+    assert processed(cfg, query) == reference["sent"]
+    assert incidents(cfg, start) == reference["expected"]
