@@ -70,10 +70,11 @@ def decide(new_score: float, champion_version: str | None, champion_score: float
     decision = _by_score(new_score, champion_version, champion_score, unscorable)
     if replay is None:
         return decision
+    versus = (f", champion {_precision(replay.champion_precision)}"
+              if champion_version is not None else "")
     return Decision(decision.alias, new_score, champion_score, champion_version,
                     f"{decision.reason}; replay incident precision "
-                    f"{replay.new_precision:.3f} (target {replay.target}, champion "
-                    f"{_precision(replay.champion_precision)})", replay)
+                    f"{replay.new_precision:.3f} (target {replay.target}{versus})", replay)
 
 
 def _by_score(new_score: float, champion_version: str | None, champion_score: float | None,

@@ -136,7 +136,8 @@ def test_the_confidence_margin_needs_more_evidence_from_fewer_incidents():
 
 
 @pytest.mark.parametrize(("gate", "champion", "alias", "words"), [
-    (ReplayGate(0.9, 0.95), None, CHAMPION, "no champion yet"),
+    (ReplayGate(0.9, 0.95), None, CHAMPION, "no champion yet; replay incident precision 0.950 "
+                                            "(target 0.9)"),
     (ReplayGate(0.9, 0.85), None, CHALLENGER, "below the target"),
     (ReplayGate(0.9, None), None, CHALLENGER, "no incident"),
     (ReplayGate(0.9, 0.93, 0.97), "3", CHALLENGER, "< champion v3"),
