@@ -224,6 +224,9 @@ class StreamSpec:
     late_fraction: float = 0.0
     late_max_s: float = 120.0
     malformed_fraction: float = 0.0
+    # Entity i is named <prefix>-<first_entity + i>: a run that must start from entities the
+    # stream has never seen (a chaos scenario judged against an offline reference) moves it.
+    first_entity: int = 0
 
 
 class DomainStream:
@@ -256,7 +259,7 @@ class DomainStream:
         known = self.entities[idx]
         if known is None:
             # Each entity's profile has its own seed: stable whatever else the run does.
-            entity_id = f"{self.model.ENTITY_PREFIX}-{idx:06d}"
+            entity_id = f"{self.model.ENTITY_PREFIX}-{self.spec.first_entity + idx:06d}"
             profile = self.model.make_profile(
                 Random(f"{self.spec.seed}:{self.spec.domain}:{entity_id}"), entity_id)
             known = self.entities[idx] = (profile, entity_id.encode())
@@ -601,6 +604,7 @@ class RunPlan:
     late_fraction: float = 0.0
     late_max_s: float = 120.0
     malformed_fraction: float = 0.0
+    first_entity: int = 0
     label_delay_s: float = 10.0
     ground_truth: bool = True
     delivery_timeout_s: float = 30.0
@@ -613,6 +617,14 @@ class RunPlan:
     def default_entities(self) -> int:
         # About one event per entity per minute: enough history per entity to matter.
         return self.entities or int(min(max(self.per_min, 50), 100_000))
+
+    def stream_spec(self, domain: str, run_id: str, start_ms: int) -> StreamSpec:
+        return StreamSpec(domain, self.seed, run_id, start_ms, self.default_entities(),
+                          self.anomaly_rate, self.late_fraction, self.late_max_s,
+                          self.malformed_fraction, self.first_entity)
+
+    def timeline(self) -> RateProfile:
+        return RateProfile.build(self.per_min, self.duration_s, self.count, self.spike)
 
 
 class BrokerUnreachable(ConnectionError):
@@ -754,13 +766,10 @@ def run(cfg: Settings, plan: RunPlan, progress: ProgressFn | None = None) -> dic
     targets = {}
     for domain in plan.domains:
         spec = WorkerSpec(
-            StreamSpec(domain, plan.seed, run_id, start_ms, plan.default_entities(),
-                       plan.anomaly_rate, plan.late_fraction, plan.late_max_s,
-                       plan.malformed_fraction),
-            plan.per_min, plan.duration_s, plan.count, plan.spike, cfg.bootstrap_servers,
-            cfg.events_topic(domain), plan.delivery_timeout_s)
-        targets[domain] = RateProfile.build(plan.per_min, plan.duration_s, plan.count,
-                                            plan.spike).total
+            plan.stream_spec(domain, run_id, start_ms), plan.per_min, plan.duration_s,
+            plan.count, plan.spike, cfg.bootstrap_servers, cfg.events_topic(domain),
+            plan.delivery_timeout_s)
+        targets[domain] = plan.timeline().total
         workers[domain] = functools.partial(_spawn, spec)
     return execute(cfg, plan, workers, targets, run_id, start_ms, progress, clock)
 

@@ -200,6 +200,13 @@ def test_an_entity_keeps_its_profile_whatever_the_run():
     assert small.entity(8)[0].merchants != a.merchants
 
 
+def test_first_entity_names_entities_no_other_run_used():
+    moved = stream(entities=10, first_entity=5_000_000)
+    assert moved.entity(7)[1] == b"card-5000007"
+    events = [json.loads(next(moved)[1]) for _ in range(50)]
+    assert all(int(e["entity_id"].split("-")[1]) >= 5_000_000 for e in events)
+
+
 def run_stream(domain: str, n: int = 20_000, **spec):
     source = stream(domain, n=n, **spec)
     out = [next(source) for _ in range(n)]
