@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from patternalarm import db
+
 Query = tuple[str, list[object]]
 
 INCIDENT_COLUMNS = (
@@ -93,23 +95,8 @@ def stream_series(window: timedelta, step: timedelta) -> Query:
     return sql, [step, window]
 
 
-def stream_now(window: timedelta) -> Query:
-    """The headline figures over the last `window`, and the latest batch's lag and models."""
-    sql = """
-        WITH recent AS (SELECT * FROM stream_metrics WHERE recorded_at >= now() - %s),
-             latest AS (SELECT lag_total, model_versions, recorded_at FROM stream_metrics
-                        ORDER BY recorded_at DESC LIMIT 1)
-        SELECT (SELECT coalesce(sum(input_rows), 0)::float8 FROM recent) AS rows,
-               (SELECT sum(event_latency_p50_ms * input_rows) / NULLIF(sum(input_rows), 0)
-                  FROM recent) AS p50_ms,
-               (SELECT max(event_latency_p99_ms) FROM recent) AS p99_ms,
-               (SELECT lag_total FROM latest) AS lag,
-               (SELECT model_versions FROM latest) AS model_versions,
-               (SELECT recorded_at FROM latest) AS last_batch_at,
-               (SELECT jsonb_agg(jsonb_build_object('query', query_name, 'since', since,
-                                                    'detail', detail))
-                  FROM stream_health WHERE end_offsets = 'unavailable') AS blind"""
-    return sql, [window]
+# The same figures as `patternalarm status`.
+stream_now = db.stream_now
 
 
 def incidents_over_time(dimension: str, window: timedelta, step: timedelta) -> Query:

@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from patternalarm import settings as settings_mod
 
@@ -34,10 +35,15 @@ def cmd_down(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
 
 def cmd_status(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
     from patternalarm import secrets
+    from patternalarm.progress import generators
+    from patternalarm.services import stream_report
 
     rows = _stack(cfg).status()
+    stream = stream_report(cfg)
+    traffic = [report for report, _ in generators(cfg.var_dir)]
     if getattr(args, "json", False):
-        print(json.dumps([row.__dict__ for row in rows]))
+        print(json.dumps({"services": [row.__dict__ for row in rows], "stream": stream,
+                          "generators": traffic}))
     else:
         print(f"{'service':<20} {'state':<10} {'pid':>8} {'rss MB':>8} {'restarts':>8}  url")
         for row in rows:
@@ -48,12 +54,57 @@ def cmd_status(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
         for row in rows:
             if row.restarts:
                 print(f"{row.name}: restarted {row.restarts}x, last exit: {row.last_exit}")
+        print()
+        print("\n".join(_stream_lines(stream)))
+        for report in traffic or [None]:
+            print(_generator_line(report))
         # The password itself stays in the file: status output ends up in terminals' scrollback,
         # CI logs and bug reports.
         print(f"\nAirflow UI login: {cfg.airflow_admin_user}, password "
               f"`airflow_admin_password` in {secrets.path(cfg)}")
         print(f"logs: {cfg.var_dir / 'log'}")
     return 0 if all(row.healthy for row in rows) else 1
+
+
+def _figure(value: float | None, unit: str = "", digits: int = 0) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}{unit}"
+
+
+def _stream_lines(stream: dict) -> list[str]:
+    state = stream["state"]
+    if stream.get("pid"):
+        state += f", pid {stream['pid']}"
+    if stream["state"] == "failed":
+        state += f" ({stream['last_exit']}; log {stream['log']})"
+    if "metrics_error" in stream:
+        return [f"{'stream':<11} {state}; no figures: {stream['metrics_error']}"]
+    if stream["last_batch_at"] is None:
+        return [f"{'stream':<11} {state}; no micro-batch recorded yet"]
+    models = ", ".join(f"{d} v{v}" for d, v in sorted(stream["model_versions"].items()))
+    lines = [
+        f"{'stream':<11} {state} · last batch {stream['last_batch_at'][11:19]} UTC "
+        f"({_figure(stream['last_batch_age_s'])} s ago) · "
+        f"{_figure(stream['events_per_s'], ' events/s', 1)} (last min) · "
+        f"p50 {_figure(stream['latency_p50_ms'], ' ms')} · "
+        f"p99 {_figure(stream['latency_p99_ms'], ' ms')} · lag {_figure(stream['lag'])} · "
+        f"dead letters {_figure(stream['dead_letters_last_min'])} (last min)",
+        f"{'':<11} models: {models or 'none (rules only)'}"]
+    lines += [f"{'':<11} query {b['query']} cannot read the broker's end offsets since "
+              f"{b['since'][11:19]} UTC: {b['detail'].get('error', '')}"
+              for b in stream["end_offsets_unavailable"]]
+    return lines
+
+
+def _generator_line(report: dict | None) -> str:
+    if report is None:
+        return f"{'generator':<11} none running"
+    target = report["target"]
+    done = f" ({report['sent'] / target:.0%})" if target else ""
+    return (f"{'generator':<11} {report['state']}, pid {report['pid']} · {report['mode']} "
+            f"{'/'.join(report['domains'])} · sent {report['sent']:,} of "
+            f"{_figure(target)}{done} · {report['rate_per_min']:,.0f}/min of "
+            f"{report['target_rate_per_min']:,.0f}/min · errors {report['errors']:,} · "
+            f"episodes {report['episodes']:,}")
 
 
 def cmd_config(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
@@ -127,7 +178,7 @@ def cmd_stream(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
               + f": pid {supervisor.process('stream').pid}, log {supervisor.log_path('stream')},"
               f" {spec.url}")
         return 0
-    return _stream_status(cfg, supervisor, args.query_name)
+    return _stream_status(cfg)
 
 
 def _stream_reset(cfg: settings_mod.Settings, supervisor, query_name: str) -> int:
@@ -148,74 +199,164 @@ def _stream_reset(cfg: settings_mod.Settings, supervisor, query_name: str) -> in
     return 0
 
 
-def _stream_status(cfg: settings_mod.Settings, supervisor, query_name: str) -> int:
-    import contextlib
+def _stream_status(cfg: settings_mod.Settings) -> int:
+    from patternalarm.services import stream_report
 
-    from patternalarm import db
-
-    proc = supervisor.process("stream")
-    print(f"stream: {'running, pid ' + str(proc.pid) if proc else 'not running'}")
-    with contextlib.closing(db.connect(cfg)) as conn, conn.cursor() as cur:
-        cur.execute("""SELECT batch_id, recorded_at, input_rows, processing_ms,
-                              event_latency_p50_ms, event_latency_p99_ms, lag_total,
-                              dead_lettered, model_versions
-                       FROM stream_metrics WHERE query_name = %s
-                       ORDER BY batch_id DESC LIMIT 1""", (query_name,))
-        last = cur.fetchone()
-    if last:
-        names = ("batch", "at", "rows", "processing_ms", "latency_p50_ms", "latency_p99_ms",
-                 "lag", "dead_lettered", "models")
-        print("last batch: " + ", ".join(f"{n}={v}" for n, v in zip(names, last, strict=True)))
-    return 0 if proc else 1
+    stream = stream_report(cfg)
+    print("\n".join(_stream_lines(stream)))
+    return 0 if stream["pid"] else 1
 
 
-def cmd_demo(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
-    """The whole pipeline on the embedded services: models, stream, traffic; then where to look."""
+def cmd_airflow(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
+    """The Airflow CLI with the environment `up` gives Airflow (metadata DB, DAGs, Spark)."""
     import os
-    import subprocess
 
-    from patternalarm.services import (
-        VENV_BIN,
-        ProcessSpec,
-        Stack,
-        has_champion,
-        stream_spec,
-    )
-    from patternalarm.supervisor import Supervisor
+    from patternalarm.services import VENV_BIN, airflow_env
 
-    Stack(cfg).up()
+    argv = [str(VENV_BIN / "airflow"), *args.airflow_args]
+    # exec: Airflow's own exit code, output and signals, nothing in between.
+    os.execve(argv[0], argv, {**os.environ, **airflow_env(cfg)})
+
+
+def bootstrap_models(cfg: settings_mod.Settings) -> None:
+    """A domain without a champion gets one trained on a bootstrap run; training promotes it
+    only if its incident precision on a replay at the live anomaly rate reaches the target."""
+    from patternalarm.services import has_champion
+
     for domain in settings_mod.DOMAINS:
         if has_champion(cfg, domain):
             print(f"{domain}: champion model already registered")
             continue
-        print(f"{domain}: training the bootstrap model (Spark MLlib, ~1 min)...", flush=True)
+        print(f"{domain}: training the bootstrap model (Spark MLlib, ~3 min)...", flush=True)
         code = cmd_train(cfg, argparse.Namespace(job_args=[
             "--source", "bootstrap", "--domain", domain, "--promote"]))
         if code != 0:
             print(f"training {domain} failed (exit {code}); the stream runs rules only",
                   file=sys.stderr)
+        elif not has_champion(cfg, domain):
+            print(f"{domain}: the bootstrap model missed the precision target on the replay "
+                  "(see its MLflow run); the stream runs rules only", file=sys.stderr)
+
+
+def cmd_demo(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
+    """The whole pipeline on the embedded services, one line per stage; output in var/log/."""
+    from patternalarm.progress import Stages
+    from patternalarm.services import Stack, stream_spec, traffic_spec
+    from patternalarm.supervisor import Supervisor
+
+    stages = Stages()
     supervisor = Supervisor(cfg.var_dir)
-    supervisor.start(stream_spec(cfg))
-    traffic = ProcessSpec(
-        name="generator", env={**os.environ},
-        argv=[str(VENV_BIN / "patternalarm"), "generate", "--domain",
-              ",".join(settings_mod.DOMAINS), "--mode", "NORMAL", "--duration",
-              str(args.minutes * 60), "--json"])
-    supervisor.stop(traffic)
-    supervisor.start(traffic)
-    subprocess.run([str(VENV_BIN / "patternalarm"), "status"])
-    print(f"""
-Pipeline running: generator at NORMAL (10K events/min per domain) for {args.minutes} min,
-streaming job, champion models.
-  dashboard     http://{cfg.bind_host}:{cfg.api_port}/
-  Airflow       http://{cfg.bind_host}:{cfg.airflow_port}/   (login above)
-  MLflow        {cfg.tracking_uri}/#/models
-  Spark UI      http://127.0.0.1:4040/  (streaming job)
-  incidents     GET http://{cfg.bind_host}:{cfg.api_port}/incidents with header X-API-Key
-                (the api_key in {cfg.var_dir / 'secrets.json'})
-  stream        patternalarm stream status   (logs: {supervisor.log_path('stream')})
-Stop with `make down`.""")
+    began = time.monotonic()
+    stages.say(f"PatternAlarm demo (output of every step: {supervisor.log_dir}/)")
+    stack = Stack(cfg)
+    with stages.stage("services") as stage:
+        stack.up()
+        stage.note(", ".join(spec.name for spec in stack.specs()) + ": healthy")
+    for domain in settings_mod.DOMAINS:
+        with stages.stage(f"model {domain}") as stage:
+            _demo_model(cfg, supervisor, domain, stage)
+    traffic = traffic_spec(cfg, args.minutes)
+    with stages.stage("traffic") as stage:
+        supervisor.stop(traffic)
+        supervisor.start(traffic)
+        stage.note(f"generator at NORMAL, 10K events/min per domain for {args.minutes} min")
+        _wait_for(lambda: _sent(cfg, supervisor), supervisor, "generator", 120)
+    with stages.stage("stream") as stage:
+        started = datetime.now(UTC)
+        if not supervisor.start(stream_spec(cfg)):
+            stage.note("already running; ")
+        stage.note(stage.detail + "waiting for the first micro-batch (Spark start-up)")
+        batch = _wait_for(lambda: _first_batch(cfg, started), supervisor, "stream", 600)
+        stage.note(f"first micro-batch: {batch['input_rows']:,} events, "
+                   f"p99 {batch['event_latency_p99_ms'] or 0:,.0f} ms")
+    stages.say(f"""
+Pipeline running ({time.monotonic() - began:.0f}s to here):
+  dashboard   http://{cfg.bind_host}:{cfg.api_port}/   (API key: `api_key` in \
+{cfg.var_dir / 'secrets.json'})
+  Airflow     http://{cfg.bind_host}:{cfg.airflow_port}/   (login: `patternalarm status`)
+  MLflow      {cfg.tracking_uri}/#/models
+  Spark UI    http://127.0.0.1:4040/   (streaming job)
+  how it runs patternalarm status      stop everything: make down""")
     return 0
+
+
+def _demo_model(cfg, supervisor, domain: str, stage) -> None:
+    """Train and promote `domain`'s bootstrap model unless a champion exists; quietly."""
+    import os
+    import subprocess
+
+    from patternalarm.services import has_champion, spark_submit
+
+    if has_champion(cfg, domain):
+        stage.note("champion already registered")
+        return
+    log = supervisor.log_path(f"train-{domain}")
+    stage.note(f"training the bootstrap model (Spark MLlib; log {log})")
+    argv, env = spark_submit(cfg, "spark_jobs/train_model.py", "--source", "bootstrap",
+                             "--domain", domain, "--promote", "--json")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        code = subprocess.run(argv, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                              stdout=out, stderr=subprocess.STDOUT).returncode
+    summary = _last_json(log) if code == 0 else None
+    if summary is None:
+        stage.fail(f"training failed (exit {code}); the stream runs rules only for {domain}",
+                   f"last lines of {log}:\n{supervisor.tail(f'train-{domain}')}")
+        return
+    stage.note(f"v{summary['version']} {summary.get('alias') or 'registered'}, "
+               f"PR-AUC {summary['pr_auc']:.3f}")
+
+
+def _last_json(path) -> dict | None:
+    lines = path.read_text(errors="replace").splitlines()
+    for line in reversed(lines):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                return None
+    return None
+
+
+def _wait_for(probe, supervisor, name: str, timeout_s: float):
+    """Poll `probe` until it returns something; fail with the job's log if the job ends."""
+    from patternalarm.supervisor import ServiceError
+
+    deadline = time.monotonic() + timeout_s
+    while (found := probe()) is None:
+        if supervisor.process(name) is None:
+            raise ServiceError(f"{name} ended; last lines of {supervisor.log_path(name)}:\n"
+                               f"{supervisor.tail(name)}")
+        if time.monotonic() > deadline:
+            raise ServiceError(f"{name}: nothing after {timeout_s:.0f}s; last lines of "
+                               f"{supervisor.log_path(name)}:\n{supervisor.tail(name)}")
+        time.sleep(0.5)
+    return found
+
+
+def _sent(cfg: settings_mod.Settings, supervisor) -> int | None:
+    from patternalarm.progress import generators
+
+    proc = supervisor.process("generator")
+    for report, _ in generators(cfg.var_dir):
+        if proc is not None and report["pid"] == proc.pid and report["sent"] > 0:
+            return report["sent"]
+    return None
+
+
+def _first_batch(cfg: settings_mod.Settings, since: datetime) -> dict | None:
+    import contextlib
+
+    import psycopg2.extras
+
+    from patternalarm import db
+
+    with contextlib.closing(db.connect(cfg)) as conn, \
+            conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+        cur.execute("""SELECT input_rows, event_latency_p99_ms FROM stream_metrics
+                       WHERE query_name = 'detector' AND recorded_at >= %s AND input_rows > 0
+                       ORDER BY batch_id LIMIT 1""", (since,))
+        return cur.fetchone()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "(spark-submit; `train --help` for its options)",
                            add_help=False, prefix_chars="+")
     train.add_argument("job_args", nargs=argparse.REMAINDER)
+    airflow = sub.add_parser("airflow", help="the Airflow CLI with the stack's environment "
+                             "(`airflow --help` for its commands)",
+                             add_help=False, prefix_chars="+")
+    airflow.add_argument("airflow_args", nargs=argparse.REMAINDER)
     demo = sub.add_parser("demo", help="up, bootstrap models, stream, NORMAL traffic")
     demo.add_argument("--minutes", type=int, default=15,
                       help="minutes of traffic (the in-memory broker keeps every event)")
@@ -255,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "config": cmd_config,
             "migrate": cmd_migrate, "api": cmd_api, "generate": cmd_generate,
-            "train": cmd_train, "stream": cmd_stream, "demo": cmd_demo}
+            "train": cmd_train, "stream": cmd_stream, "demo": cmd_demo,
+            "airflow": cmd_airflow}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -57,6 +58,32 @@ def connect(settings: Settings, database: str | None = None,
     except psycopg2.OperationalError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreachable"
         raise ConnectionError(f"PostgreSQL at {mask_url(target)}: {reason}") from None
+
+
+# Status and the dashboard's headline figures cover the last minute: long enough to smooth
+# micro-batch jitter.
+STREAM_WINDOW = timedelta(minutes=1)
+
+
+def stream_now(window: timedelta) -> tuple[str, list[object]]:
+    """The stream's headline figures over the last `window`, the latest batch's lag and models,
+    and the queries that cannot read end offsets: one query for `status` and the dashboard."""
+    sql = """
+        WITH recent AS (SELECT * FROM stream_metrics WHERE recorded_at >= now() - %s),
+             latest AS (SELECT lag_total, model_versions, recorded_at FROM stream_metrics
+                        ORDER BY recorded_at DESC LIMIT 1)
+        SELECT (SELECT coalesce(sum(input_rows), 0)::float8 FROM recent) AS rows,
+               (SELECT sum(event_latency_p50_ms * input_rows) / NULLIF(sum(input_rows), 0)
+                  FROM recent) AS p50_ms,
+               (SELECT max(event_latency_p99_ms) FROM recent) AS p99_ms,
+               (SELECT coalesce(sum(dead_lettered), 0) FROM recent) AS dead_lettered,
+               (SELECT lag_total FROM latest) AS lag,
+               (SELECT model_versions FROM latest) AS model_versions,
+               (SELECT recorded_at FROM latest) AS last_batch_at,
+               (SELECT jsonb_agg(jsonb_build_object('query', query_name, 'since', since,
+                                                    'detail', detail))
+                  FROM stream_health WHERE end_offsets = 'unavailable') AS blind"""
+    return sql, [window]
 
 
 def ensure_databases(settings: Settings) -> list[str]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from patternalarm.progress import GeneratorReport, combine
 from patternalarm.settings import DOMAINS, Settings
 
 EXIT_USAGE = 2
@@ -171,6 +173,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
           + ("" if summary["ground_truth_written"] else "  (ground truth not written: --no-db)"))
 
 
+def _stop(signum: int, _frame: object) -> None:
+    # `down` stops a generator with SIGTERM: raised as SystemExit it unwinds like Ctrl-C, and
+    # multiprocessing's exit handler then terminates the per-domain worker processes.
+    raise SystemExit(128 + signum)
+
+
 def run(cfg: Settings, args: argparse.Namespace) -> int:
     from patternalarm import generator, replay
 
@@ -179,8 +187,12 @@ def run(cfg: Settings, args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"{args.generate_usage}patternalarm generate: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    progress = _progress_bar(plan) if sys.stdout.isatty() and not args.json else None
+    bar = _progress_bar(plan) if sys.stdout.isatty() and not args.json else None
+    # `status` shows this file; `down` finds this process through it.
+    report = GeneratorReport(cfg.var_dir, plan)
+    signal.signal(signal.SIGTERM, _stop)
     try:
+        progress = combine(bar, report.progress)
         if args.from_file is not None:
             options = replay.ReplayOptions(args.from_file, plan.domains[0], args.entity_col,
                                            args.time_col, args.label_col, args.speedup)
@@ -188,16 +200,22 @@ def run(cfg: Settings, args: argparse.Namespace) -> int:
         else:
             summary = generator.run(cfg, plan, progress)
     except replay.ReplayError as exc:
+        report.finish("failed")
         print(f"patternalarm generate: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if progress:
+    except BaseException:
+        report.finish("stopped")
+        raise
+    if bar:
         print()
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         _print_summary(summary)
     failed = [d for d, v in summary["per_domain"].items() if "failure" in v]
-    if summary["undelivered"] or failed or summary["label_errors"]:
+    broken = bool(summary["undelivered"] or failed or summary["label_errors"])
+    report.finish("failed" if broken else "finished")
+    if broken:
         reasons = [summary["per_domain"][d]["failure"].strip().splitlines()[-1] for d in failed]
         print(f"patternalarm generate: {summary['undelivered']:,} of "
               f"{summary['undelivered'] + summary['sent']:,} events undelivered"

@@ -25,13 +25,20 @@ import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg2
+import psycopg2.extras
+
 from patternalarm import db, java, kafka, secrets
-from patternalarm.settings import PROJECT_ROOT, Settings, env_key, mask_url, model_name
-from patternalarm.supervisor import ProcessSpec, ServiceError, Status, Supervisor
+from patternalarm.progress import generators
+from patternalarm.settings import DOMAINS, PROJECT_ROOT, Settings, env_key, mask_url, model_name
+from patternalarm.supervisor import ProcessSpec, ServiceError, Status, Supervisor, stop_tree
 
 VENV_BIN = Path(sys.executable).parent
+# Spark's own defaults plus the loggers of known-harmless messages (see the file).
+SPARK_LOG4J = Path(__file__).with_name("spark-log4j2.properties")
 PG_SYSTEM_USER = "embedded_postgres"
 S3_BUCKET = "tansu"
 
@@ -382,6 +389,7 @@ def spark_submit(settings: Settings, script: str, *args: str) -> tuple[list[str]
     """
     argv = [str(VENV_BIN / "spark-submit"), "--master", settings.spark_master,
             "--conf", "spark.ui.showConsoleProgress=false", "--conf", "spark.log.level=WARN",
+            "--driver-java-options", f"-Dlog4j2.configurationFile={SPARK_LOG4J}",
             str(PROJECT_ROOT / script), *args]
     env = {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
            "SPARK_LOCAL_IP": settings.bind_host, "JAVA_HOME": str(java.find(settings)),
@@ -405,6 +413,49 @@ def stream_spec(settings: Settings, *job_args: str) -> ProcessSpec:
         stop_signal=signal.SIGTERM,
         url="Spark UI http://127.0.0.1:4040 (while running)",
     )
+
+
+def traffic_spec(settings: Settings, minutes: float, mode: str = "NORMAL") -> ProcessSpec:
+    """The demo's generator as a supervised job: its own process group, stopped by `down`."""
+    return ProcessSpec(
+        name="generator",
+        argv=[str(VENV_BIN / "patternalarm"), "generate", "--domain", ",".join(DOMAINS),
+              "--mode", mode, "--duration", f"{minutes * 60:g}", "--json"],
+        env={env_key("var_dir"): str(settings.var_dir)},
+        url="progress: patternalarm status",
+    )
+
+
+def stream_report(settings: Settings) -> dict[str, object]:
+    """How the streaming job is doing: its process, then the figures its batches recorded."""
+    supervisor = Supervisor(settings.var_dir)
+    proc = supervisor.status(stream_spec(settings))
+    exited = proc.last_exit and proc.last_exit != "exit status 0"
+    report: dict[str, object] = {
+        "state": "running" if proc.running else ("failed" if exited else "stopped"),
+        "pid": proc.pid, "last_exit": proc.last_exit,
+        "log": str(supervisor.log_path("stream"))}
+    try:
+        with contextlib.closing(db.connect(settings, timeout_s=3)) as conn, \
+                conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(*db.stream_now(db.STREAM_WINDOW))
+            now = cur.fetchone()
+    except (ConnectionError, psycopg2.Error) as exc:
+        report["metrics_error"] = str(exc).strip().splitlines()[0]
+        return report
+    last = now["last_batch_at"]
+    blind = now["blind"] or []
+    if proc.running and blind:
+        report["state"] = "blind"
+    report.update(
+        last_batch_at=last.isoformat() if last else None,
+        last_batch_age_s=(datetime.now(UTC) - last).total_seconds() if last else None,
+        events_per_s=now["rows"] / db.STREAM_WINDOW.total_seconds(),
+        latency_p50_ms=now["p50_ms"], latency_p99_ms=now["p99_ms"], lag=now["lag"],
+        dead_letters_last_min=now["dead_lettered"],
+        model_versions=now["model_versions"] or {},
+        end_offsets_unavailable=blind)
+    return report
 
 
 # --- the stack -----------------------------------------------------------------------------
@@ -486,8 +537,23 @@ class Stack:
             raise ServiceError("\n".join(str(e) for e in errors))
 
     def down(self) -> list[str]:
+        """Stop the jobs (stream, generators, replays), then the services in reverse order."""
+        services = list(reversed(self.specs()))
+        jobs = {stream_spec(self.settings).name: stream_spec(self.settings)}
+        for name in self.supervisor.names():
+            if name not in {spec.name for spec in services}:
+                # Jobs the CLI started under any name; SIGTERM stops each of them cleanly.
+                jobs.setdefault(name, ProcessSpec(name=name, argv=[]))
         stopped = []
-        for spec in [stream_spec(self.settings), *reversed(self.specs())]:
+        for spec in jobs.values():
+            if self.supervisor.stop(spec, timeout_s=60):
+                stopped.append(spec.name)
+        # Generators run in someone's terminal or script: not group leaders of their own.
+        for report, proc in generators(self.settings.var_dir):
+            if proc is not None:
+                stop_tree(proc)
+                stopped.append(f"generate (pid {report['pid']})")
+        for spec in services:
             if self.supervisor.stop(spec):
                 stopped.append(spec.name)
         return stopped

@@ -99,7 +99,7 @@ class Supervisor:
 
     def _watchdog(self, name: str) -> psutil.Process | None:
         state = self._read_state(name)
-        return _live(state["pid"], state["create_time"]) if state else None
+        return live(state["pid"], state["create_time"]) if state else None
 
     def process(self, name: str) -> psutil.Process | None:
         """The live service process of `name` (the watchdog's child), or None: stopped, or
@@ -107,7 +107,7 @@ class Supervisor:
         state = self._read_state(name)
         if not state or not state.get("child_pid"):
             return None
-        return _live(state["child_pid"], state["child_create_time"])
+        return live(state["child_pid"], state["child_create_time"])
 
     def _supervised(self, name: str) -> bool:
         """Whether a watchdog runs `name` or is about to restart it.
@@ -118,7 +118,7 @@ class Supervisor:
         deadline = time.monotonic() + _SETTLE_S
         while True:
             state = self._read_state(name)
-            watchdog = _live(state["pid"], state["create_time"]) if state else None
+            watchdog = live(state["pid"], state["create_time"]) if state else None
             if watchdog is None:
                 return False
             phase = state.get("phase")
@@ -238,6 +238,10 @@ class Supervisor:
         except FileNotFoundError:
             return "(no log)"
 
+    def names(self) -> list[str]:
+        """Every name with a state file: the services and the jobs the CLI started."""
+        return sorted(path.stem for path in self.run_dir.glob("*.json"))
+
     def _group_members(self, name: str) -> list[psutil.Process]:
         state = self._read_state(name)
         return _group(state["pid"], state["create_time"]) if state else []
@@ -246,7 +250,8 @@ class Supervisor:
         _kill_and_wait(self._group_members(name), sig)
 
 
-def _live(pid: int, create_time: float) -> psutil.Process | None:
+def live(pid: int, create_time: float) -> psutil.Process | None:
+    """Process `pid` if it is the one started at `create_time` (not a reused pid) and alive."""
     try:
         proc = psutil.Process(pid)
         if abs(proc.create_time() - create_time) > 1 or proc.status() == psutil.STATUS_ZOMBIE:
@@ -266,6 +271,16 @@ def _group(pgid: int, since: float) -> list[psutil.Process]:
         except (ProcessLookupError, psutil.NoSuchProcess):
             continue
     return members
+
+
+def stop_tree(proc: psutil.Process, timeout_s: float = 10.0) -> None:
+    """Stop a process that is not a group leader of its own (a command run in someone's
+    terminal or script shares their group) with its descendants: SIGTERM, then SIGKILL."""
+    members = [proc, *proc.children(recursive=True)]
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc.terminate()
+    _, alive = psutil.wait_procs(members, timeout=timeout_s)
+    _kill_and_wait(alive, signal.SIGKILL)
 
 
 def _kill_and_wait(procs: list[psutil.Process], sig: int) -> None:

@@ -6,6 +6,8 @@ the same API key as the rest (the page sends it in the X-API-Key header).
 
 from __future__ import annotations
 
+import logging
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,13 +19,37 @@ from fastapi.responses import FileResponse
 from api import queries
 from api.deps import Res
 from api.schemas import NO_NUL
+from api.scoring import ModelProvider
+from patternalarm.db import STREAM_WINDOW
 from patternalarm.settings import PROJECT_ROOT
 
 router = APIRouter(prefix="/dashboard", tags=["dashboard"])
-
-# Headline figures cover the last minute: long enough to smooth micro-batch jitter.
-NOW_WINDOW = timedelta(minutes=1)
+log = logging.getLogger(__name__)
 CHART_SUFFIXES = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg"}
+
+
+_loading = threading.Lock()
+
+
+def _api_versions(models: ModelProvider) -> dict[str, str | None]:
+    """The champions the API serves; those not loaded yet are loaded in the background, so the
+    dashboard shows them without waiting for a first /predict (the poll itself never waits)."""
+    versions = models.versions()
+    missing = [domain for domain, version in versions.items() if version is None]
+    if missing and _loading.acquire(blocking=False):
+        def load() -> None:
+            try:
+                for domain in missing:
+                    try:
+                        models.champion(domain)
+                    # No champion yet, or MLflow away: the next poll asks again.
+                    except Exception as exc:
+                        log.debug("champion of %s not loaded: %s", domain, exc)
+            finally:
+                _loading.release()
+
+        threading.Thread(target=load, name="load-champions", daemon=True).start()
+    return versions
 
 
 def _epoch(t: datetime) -> float:
@@ -47,7 +73,7 @@ def data(res: Res, minutes: Annotated[int, Query(ge=1, le=24 * 60)] = 15) -> dic
     stream_step = max(timedelta(seconds=5), window / 90)
     incident_step = max(timedelta(seconds=30), window / 30)
     with res.database.cursor() as cur:
-        cur.execute(*queries.stream_now(NOW_WINDOW))
+        cur.execute(*queries.stream_now(STREAM_WINDOW))
         now = cur.fetchone()
         cur.execute(*queries.stream_series(window, stream_step))
         stream = cur.fetchall()
@@ -66,7 +92,7 @@ def data(res: Res, minutes: Annotated[int, Query(ge=1, le=24 * 60)] = 15) -> dic
         "generated_at": datetime.now(UTC),
         "window_minutes": minutes,
         "now": {
-            "events_per_s": now["rows"] / NOW_WINDOW.total_seconds(),
+            "events_per_s": now["rows"] / STREAM_WINDOW.total_seconds(),
             "latency_p50_ms": now["p50_ms"],
             "latency_p99_ms": now["p99_ms"],
             "lag": now["lag"],
@@ -84,7 +110,7 @@ def data(res: Res, minutes: Annotated[int, Query(ge=1, le=24 * 60)] = 15) -> dic
         "incidents_by_domain": _pivot(by_domain),
         "incidents_by_detector": _pivot(by_detector),
         "incidents": feed,
-        "models": {"stream": now["model_versions"] or {}, "api": res.models.versions()},
+        "models": {"stream": now["model_versions"] or {}, "api": _api_versions(res.models)},
         "load_runs": load_runs,
         "chaos_runs": chaos_runs,
     }

@@ -100,7 +100,7 @@ def test_killed_postgres_is_restarted_and_the_app_recovers(stack):
                            text=True).stdout
     assert "postgres: restarted 1x, last exit: killed by SIGKILL" in shown
     rows = json.loads(subprocess.run([str(VENV_BIN / "patternalarm"), "status", "--json"],
-                                     capture_output=True, text=True).stdout)
+                                     capture_output=True, text=True).stdout)["services"]
     assert next(r for r in rows if r["name"] == "postgres")["restarts"] == 1
     wait_until(lambda: http_status(api_health) == 200, timeout_s=60)
     api_back_s = time.monotonic() - killed_at

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import subprocess
 import sys
 
 import psutil
@@ -13,6 +14,7 @@ from patternalarm.supervisor import (
     ServiceError,
     Supervisor,
     ensure_port_free,
+    stop_tree,
 )
 from tests.conftest import wait_until
 
@@ -200,3 +202,14 @@ def test_failure_during_start_up_is_reported_not_retried(sup, tmp_path):
         sup.wait_healthy(s, timeout_s=10)
     assert sup._watchdog("svc") is None
     assert len(starts(tmp_path)) == 1
+
+
+def test_stop_tree_stops_a_command_and_its_orphaned_children():
+    # Like `patternalarm generate` run from a script: in the caller's process group.
+    proc = subprocess.Popen([sys.executable, "-c", LEADER_WITH_CHILD])
+    leader = psutil.Process(proc.pid)
+    wait_until(lambda: len(leader.children()) == 1)
+    child = leader.children()[0]
+    stop_tree(leader)
+    assert proc.wait(timeout=5) is not None
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
