@@ -2,9 +2,12 @@
 
 Columns whose names match the domain's payload fields (case-insensitive) fill those fields;
 other numeric columns go to ``payload.attributes``; the label column never reaches the event.
-Rows are sent in time order at their original spacing divided by ``speedup``, with event times
-shifted so the first row happens at the start of the run. A numeric time column is in seconds
-(absolute or relative, as in the public credit-card fraud table); text is parsed as timestamps.
+Event times keep the file's own spacing, shifted so the first row happens at the start of the
+run: features, rules and incident windows see the series as it happened. ``speedup`` only paces
+sending (rows go out at their spacing divided by it), so a sped-up replay runs ahead of the
+clock: replay it into topics and a query of its own (README, "Replaying a file"). A numeric
+time column is in seconds (absolute or relative, as in the public credit-card fraud table);
+text is parsed as timestamps.
 Each row with a positive label becomes a one-event episode of kind ``<label col>=<value>``.
 """
 
@@ -182,6 +185,7 @@ class ReplaySource:
         seconds = _seconds(frame[options.time_col], options.path)
         order = sorted(range(len(seconds)), key=seconds.__getitem__)
         first = seconds[order[0]]
+        # When each row is sent (scaled) and when it happened (not scaled).
         self.timeline = ReplayTimeline([(seconds[r] - first) / options.speedup for r in order])
         # (key, value, event_id, event_time, episode kind or None), in time order
         self.messages: list[tuple[bytes, bytes, str, int, str | None]] = []
@@ -190,7 +194,7 @@ class ReplaySource:
         columns = {"entity_id": options.entity_col, "event_time": options.time_col,
                    **{f"payload.{f.name}": c for c, f in mapped.items()}}
         records = frame.to_dict("records")
-        for i, row_number in enumerate(order):
+        for row_number in order:
             row = records[row_number]
             if _missing(row[options.entity_col]):
                 raise _bad_cell(options.path, row_number, options.entity_col, "empty entity")
@@ -201,7 +205,7 @@ class ReplaySource:
             if attributes:
                 payload["attributes"] = attributes
             event_id = f"{run_id}-r{row_number}"
-            event_time = start_ms + int(self.timeline.offsets[i] * 1000.0)
+            event_time = start_ms + int((seconds[row_number] - first) * 1000.0)
             event = {"event_id": event_id, "domain": options.domain, "entity_id": entity,
                      "event_time": event_time, "schema_version": SCHEMA_VERSION,
                      "payload": payload}
