@@ -462,9 +462,14 @@ class WorkerSpec:
 
 
 def producer_config(bootstrap_servers: str, delivery_timeout_s: float) -> dict[str, Any]:
-    # Large batches and a short linger: the broker sees few, full requests (measured with
-    # benchmarks/generator.py). message.timeout.ms bounds librdkafka's retries with backoff.
-    return {"bootstrap.servers": bootstrap_servers, "linger.ms": 20,
+    # Large batches: the broker sees few, full requests (measured with benchmarks/generator.py).
+    # The linger is what fills them at live rates: at NORMAL a partition gets ~42 events/s, so
+    # 20 ms sent one-record batches, and the embedded broker's fetches slow with the number of
+    # batches a partition holds (a probe at the log end: 0.4 s at 40K batches, 13 s at 80K,
+    # benchmarks/RESULTS.md) — reached after half an hour. 200 ms puts ~8 events in a batch,
+    # hours of headroom, for at most 0.2 s more latency. message.timeout.ms bounds librdkafka's
+    # retries with backoff.
+    return {"bootstrap.servers": bootstrap_servers, "linger.ms": 200,
             "batch.size": 1_000_000, "batch.num.messages": 10_000,
             "queue.buffering.max.messages": 500_000, "compression.type": "none",
             "message.timeout.ms": int(delivery_timeout_s * 1000), "retry.backoff.ms": 100,

@@ -292,10 +292,12 @@ def airflow_env(settings: Settings) -> dict[str, str]:
 
 
 # Runs the airflow CLI with the admin password appended to its arguments from the environment:
-# the password is in this Python's sys.argv, never in the process's command line.
+# the password is in this Python's sys.argv, never in the process's command line. One
+# `--password=...` argument, because a generated password may start with "-", which argparse
+# would take for an option after a separate `--password`.
 _AIRFLOW_WITH_PASSWORD = (
     "import os, sys; from airflow.__main__ import main; "
-    "sys.argv = ['airflow', *sys.argv[1:], '--password', os.environ.pop('_PA_AIRFLOW_PASSWORD')];"
+    "sys.argv = ['airflow', *sys.argv[1:], '--password=' + os.environ.pop('_PA_AIRFLOW_PASSWORD')];"
     " main()"
 )
 

@@ -38,7 +38,8 @@ def fill(cfg, start: datetime, n: int) -> None:
     producer = kafka.producer(cfg, **{"linger.ms": 0, "batch.num.messages": 5,
                                       "queue.buffering.max.messages": 100_000})
     topic = cfg.events_topic(DOMAIN)
-    for key, value, _, _ in stream:
+    for _ in range(n):  # a DomainStream never ends: its profile only spaces the events
+        key, value, _, _ = next(stream)
         while True:
             try:
                 producer.produce(topic, key=key, value=value)
