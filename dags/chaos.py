@@ -4,9 +4,12 @@
 `validate_params` → `scenario_names` → `scenario` (one mapped task per scenario, one at a
 time) → `judge`
 
-Each scenario: **baseline** (the stream runs and is idle) → **inject** a third of the way into
-`duration_s` of traffic → **recover** (a stream the fault killed is restarted from its
-checkpoint) → **verify**, written to `chaos_runs` with what was really injected:
+Each scenario: **baseline** (the stream runs and is idle) → `duration_s` of traffic at
+`rate_per_min` with episodes at `anomaly_rate`, from entities the stream has never seen →
+**inject** once a committed batch holds the scenario's own events (and a third of the way in at
+the earliest) → **recover** (a stream the fault killed is restarted from its checkpoint) →
+**verify**, written to `chaos_runs` with what was really injected and the batch ids and log end
+offsets just before and after it:
 
 | scenario | fault |
 |---|---|
@@ -16,13 +19,18 @@ checkpoint) → **verify**, written to `chaos_runs` with what was really injecte
 | poison_flood | `poison_count` malformed messages |
 | spike | the traffic bursts ×10 for a third of the run |
 
-Verdict per scenario: events lost (sent and acknowledged − processed or counted late),
-incidents duplicated, late events, dead-lettered (vs malformed sent), recovery seconds (fault
-end → first batch with the lag back to ~3 s of traffic). `judge` fails the run when an
-invariant breaks: nothing processed twice, nothing lost (except what an in-memory broker
-restart drops: measured and stated in the verdict, since that broker keeps no data across a
-restart; `PATTERNALARM_BROKER_STORAGE=s3` keeps it), dead letters = malformed sent, recovery
-within `recovery_bound_s`.
+Verify compares the run with a reference computed offline from the events the generator sent,
+with the stream's feature engine, rules and champion version (`models/reference.py`). A
+scenario fails, naming the reason (`details.reasons`), when an event sent was neither
+processed nor dropped as late (`events_lost`), was processed twice, when the watermark dropped
+more events than the generator made late, when dead letters differ from the malformed messages
+sent, when an incident is missing, extra, duplicated (event or trigger count above the
+reference's) or short of events, when the stream did not recover within `recovery_bound_s`, or
+when the fault hit no traffic of the scenario. The one tolerated loss is an in-memory broker
+restart's: the lost events and the incidents they explain are named in `details.notes`, and
+the rest must match the reference over the events processed (`PATTERNALARM_BROKER_STORAGE=s3`
+loses nothing). IoT `silence` incidents come from watermark timers: reported apart
+(`details.timer_incidents`), not judged. `judge` fails the run when any scenario failed.
 
 Chaos needs the stream to itself (other traffic would be counted as the run's). A Postgres
 outage also takes Airflow's metadata database down for its duration: keep `outage_s` short.
@@ -67,6 +75,10 @@ with DAG(
         "poison_count": Param(500, type="integer", minimum=1, title="Poison messages"),
         "recovery_bound_s": Param(120, type="integer", minimum=1, title="Recovery bound (s)"),
         "drain_timeout_s": Param(300, type="integer", minimum=1, title="Drain timeout (s)"),
+        "anomaly_rate": Param(0.01, type="number", minimum=0, maximum=0.5,
+                              title="Anomaly rate",
+                              description="episodes started per event: enough incidents in "
+                                          "a short run to compare with the reference"),
     },
 ) as dag:
     checked = ValidateParamsOperator(task_id="validate_params", check=check_chaos)

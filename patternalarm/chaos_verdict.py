@@ -16,6 +16,8 @@ Each failure names its reason (the first word of its line in ``failures``, also 
   from the reference (same feature engine, rules and champion version over the events sent,
   offline): a reference key absent from Postgres; a key Postgres has and the reference has
   not; a key whose event_count or trigger_count exceeds the reference's.
+- ``incidents_short``: a key with fewer events than the reference's: detections lost inside an
+  incident that still exists.
 - ``no_recovery`` / ``recovery_slow``: the stream did not catch up after the fault, or not
   within the bound.
 - ``fault_missed_traffic``: the fault was not injected while the scenario's own events were
@@ -57,20 +59,22 @@ class IncidentDiff:
     missing: tuple[str, ...]
     extra: tuple[str, ...]
     duplicated: tuple[str, ...]
+    short: tuple[str, ...] = ()
 
     @classmethod
     def compare(cls, reference: Mapping[str, Counts], observed: Mapping[str, Counts]
                 ) -> IncidentDiff:
+        both = sorted(reference.keys() & observed.keys())
         return cls(
             tuple(sorted(reference.keys() - observed.keys())),
             tuple(sorted(observed.keys() - reference.keys())),
-            tuple(sorted(k for k in reference.keys() & observed.keys()
-                         if observed[k].event_count > reference[k].event_count
-                         or observed[k].trigger_count > reference[k].trigger_count)))
+            tuple(k for k in both if observed[k].event_count > reference[k].event_count
+                  or observed[k].trigger_count > reference[k].trigger_count),
+            tuple(k for k in both if observed[k].event_count < reference[k].event_count))
 
     @property
     def clean(self) -> bool:
-        return not (self.missing or self.extra or self.duplicated)
+        return not (self.missing or self.extra or self.duplicated or self.short)
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,8 @@ def verdict(f: Facts) -> dict[str, Any]:
             f"The loss explains {len(explained)} missing incidents{_named(explained)}")
     for reason, keys in (("incidents_missing", judged.missing),
                          ("incidents_extra", judged.extra),
-                         ("incidents_duplicated", judged.duplicated)):
+                         ("incidents_duplicated", judged.duplicated),
+                         ("incidents_short", judged.short)):
         if keys:
             fail(reason, f"{len(keys)}{_named(keys)}")
 
@@ -158,6 +163,7 @@ def verdict(f: Facts) -> dict[str, Any]:
         "incidents_missing": len(f.incidents.missing),
         "incidents_extra": len(f.incidents.extra),
         "incidents_duplicated": len(f.incidents.duplicated),
+        "incidents_short": len(f.incidents.short),
         "incidents_explained_by_loss": len(explained),
         "missing_keys": list(f.incidents.missing[:SHOWN]),
         "extra_keys": list(f.incidents.extra[:SHOWN]),

@@ -108,7 +108,22 @@ def incident_latency_ms(cfg: Settings, domains: list[str], since: datetime
         return cur.fetchone()
 
 
-def incidents_touched(cfg: Settings, since: datetime) -> int:
+def batches_after(cfg: Settings, query: str, since: datetime) -> list[tuple]:
+    """(batch_id, input_rows, lag_total, model_versions) of each batch committed after `since`."""
     with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM incidents WHERE last_seen_at > %s", (since,))
-        return cur.fetchone()[0]
+        cur.execute("""SELECT batch_id, input_rows, lag_total, model_versions
+                       FROM stream_metrics WHERE query_name = %s AND recorded_at > %s
+                       ORDER BY batch_id""", (query, since))
+        return cur.fetchall()
+
+
+def incidents_of(cfg: Settings, entities: dict[str, list[str]]) -> dict[str, tuple]:
+    """incident key -> (detector, event_count, trigger_count) of these entities' incidents."""
+    found = {}
+    with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
+        for domain, ids in entities.items():
+            cur.execute("""SELECT incident_key, detector, event_count, trigger_count
+                           FROM incidents WHERE domain = %s AND entity_id = ANY(%s)""",
+                        (domain, ids))
+            found.update((k, tuple(rest)) for k, *rest in cur.fetchall())
+    return found

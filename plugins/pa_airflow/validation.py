@@ -102,7 +102,11 @@ def check_chaos(params: dict[str, Any]) -> dict[str, Any]:
                "outage_s": _number(problems, params, "outage_s", 1),
                "poison_count": _number(problems, params, "poison_count", 1, integer=True),
                "recovery_bound_s": _number(problems, params, "recovery_bound_s", 1),
-               "drain_timeout_s": _number(problems, params, "drain_timeout_s", 1)}
+               "drain_timeout_s": _number(problems, params, "drain_timeout_s", 1),
+               "anomaly_rate": _number(problems, params, "anomaly_rate", 0)}
+    if checked["anomaly_rate"] > 0.5:
+        problems.append(f"anomaly_rate: {checked['anomaly_rate']:g} is above 0.5 (episodes "
+                        "started per event)")
     if "postgres_outage" in checked["scenarios"] and \
             checked["outage_s"] >= checked["duration_s"] * 2 / 3:
         problems.append(f"outage_s {checked['outage_s']:g} must end inside the traffic window: "

@@ -42,6 +42,7 @@ def test_compare_finds_missing_extra_and_duplicated_keys():
     diff = IncidentDiff.compare(REFERENCE, observed(
         k1=None, k2=Counts(3, 4), k3=Counts(3, 2), k9=Counts(1, 1)))
     assert diff == IncidentDiff(("k1",), ("k9",), ("k2", "k3"))
+    assert IncidentDiff.compare(REFERENCE, observed(k2=Counts(2, 2))).short == ("k2",)
     # Fewer triggers than events is the normal case: several events in one batch.
     assert IncidentDiff.compare(REFERENCE, observed(k2=Counts(3, 1))).clean
 
@@ -58,6 +59,8 @@ FAILING = {
         REFERENCE, observed(k9=Counts(1, 1)))),
     "incidents_duplicated": replace(GOOD, incidents=IncidentDiff.compare(
         REFERENCE, observed(k2=Counts(4, 2)))),
+    "incidents_short": replace(GOOD, incidents=IncidentDiff.compare(
+        REFERENCE, observed(k3=Counts(1, 1)))),
     "no_recovery": replace(GOOD, recovery_s=None),
     "recovery_slow": replace(GOOD, recovery_s=121.0),
     "fault_missed_traffic": replace(GOOD, injected_live=False),
