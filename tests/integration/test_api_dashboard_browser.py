@@ -15,10 +15,12 @@ from patternalarm.settings import PROJECT_ROOT
 from streaming.sinks import BatchMetrics, commit_batch
 from tests.conftest import wait_until
 from tests.integration.browser import Browser
+from tests.integration.test_api_predict import DOMAIN, champion  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration
 
 SCREENSHOT = PROJECT_ROOT / "test-artifacts" / "dashboard.png"
+LAYOUT_SCREENSHOT = PROJECT_ROOT / "test-artifacts" / "dashboard-1400px.png"
 T0 = 1_700_000_000_000
 
 
@@ -110,6 +112,53 @@ def test_dashboard_shows_incidents_and_figures_and_updates_live(stack, feed, tmp
         assert page.evaluate("window.sameDocument") is True
         page.screenshot(SCREENSHOT)
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+# Every box the page lays out side by side; a box inside another (a chart in its figure) is not
+# an overlap. uPlot's legend is listed on its own: it can overflow its figure.
+LAYOUT = """(() => {
+  const els = [...document.querySelectorAll(
+    '.tile, figure, .uplot, .u-legend, table, h2, .run-charts img')]
+    .filter((el) => el.getClientRects().length);
+  const box = (el) => { const r = el.getBoundingClientRect();
+                        return {left: r.left, top: r.top, right: r.right, bottom: r.bottom}; };
+  const name = (el) => el.id || el.querySelector('[id]')?.id || el.className || el.tagName;
+  const hits = [];
+  for (let i = 0; i < els.length; i++) for (let j = i + 1; j < els.length; j++) {
+    const [a, b] = [els[i], els[j]];
+    if (a.contains(b) || b.contains(a)) continue;
+    const [p, q] = [box(a), box(b)];
+    const w = Math.min(p.right, q.right) - Math.max(p.left, q.left);
+    const h = Math.min(p.bottom, q.bottom) - Math.max(p.top, q.top);
+    if (w > 0.5 && h > 0.5) hits.push(`${name(a)} overlaps ${name(b)} by ${w}x${h} px`);
+  }
+  return {count: els.length, width: window.innerWidth, hits};
+})()"""
+
+
+def test_nothing_overlaps_at_1400px_and_api_models_show_before_any_request(
+        stack, feed, champion, tmp_path):  # noqa: F811 (the imported fixture)
+    """Many detectors make the widest legend; the API's champion shows without a /predict."""
+    tag, query, conn = feed
+    detectors = ["velocity_burst", "card_testing", "impossible_travel", "amount_spike",
+                 "aimbot", "speed_hack", "inhuman_reaction", "resource_farming", "flatline"]
+    commit_batch(conn, query, 0, [incident(f"e{i}-{tag}", d) for i, d in enumerate(detectors)],
+                 metrics(rows=900, p50=700.0, p99=1500.0, lag=3))
+    _, version, _ = champion
+    key = secrets.load(stack)["api_key"]
+    url = f"http://{stack.bind_host}:{stack.api_port}/#key={key}&refresh=300"
+    with Browser(url, tmp_path / "profile") as page:
+        wait_until(lambda: page.evaluate(
+            "document.querySelectorAll('#chart-detector .u-legend .u-series').length")
+            >= len(detectors), 30)
+        page.screenshot(LAYOUT_SCREENSHOT)
+        layout = page.evaluate(LAYOUT)
+        assert layout["width"] == 1400
+        assert layout["count"] > 20
+        assert layout["hits"] == []
+        wait_until(lambda: page.evaluate(
+            f"document.querySelector('#models tr[data-domain=\"{DOMAIN}\"]')"
+            "?.cells[2].textContent") == version, 60)
 
 
 def _draw_chart(path) -> None:
