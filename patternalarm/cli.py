@@ -38,12 +38,14 @@ def cmd_status(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
     from patternalarm.progress import generators
     from patternalarm.services import stream_report
 
-    rows = _stack(cfg).status()
+    stack = _stack(cfg)
+    rows = stack.status()
+    warnings = stack.warnings()
     stream = stream_report(cfg)
     traffic = [report for report, _ in generators(cfg.var_dir)]
     if getattr(args, "json", False):
         print(json.dumps({"services": [row.__dict__ for row in rows], "stream": stream,
-                          "generators": traffic}))
+                          "generators": traffic, "warnings": warnings}))
     else:
         print(f"{'service':<20} {'state':<10} {'pid':>8} {'rss MB':>8} {'restarts':>8}  url")
         for row in rows:
@@ -54,6 +56,8 @@ def cmd_status(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
         for row in rows:
             if row.restarts:
                 print(f"{row.name}: restarted {row.restarts}x, last exit: {row.last_exit}")
+        for warning in warnings:
+            print(f"WARNING: {warning}")
         print()
         print("\n".join(_stream_lines(stream)))
         for report in traffic or [None]:

@@ -428,6 +428,19 @@ def traffic_spec(settings: Settings, minutes: float, mode: str = "NORMAL") -> Pr
     )
 
 
+def broker_memory_warning(broker_rss: int, available: int, total: int) -> str | None:
+    """The memory engine never frees a message (README, "Limits"): warn once it holds 40 % of
+    the machine's memory or less than a quarter is left, well before the kernel's OOM killer
+    takes the broker and every topic with it."""
+    if broker_rss < 0.4 * total and available > 0.25 * total:
+        return None
+    gib = 2**30
+    return (f"the embedded broker holds {broker_rss / gib:.1f} GiB of messages in RAM and never "
+            f"frees them; {available / gib:.1f} of {total / gib:.0f} GiB left. `patternalarm "
+            "down` then `up` empties it (topics' content is lost); for long runs use a real "
+            "Kafka (README, \"Limits\").")
+
+
 def stream_report(settings: Settings) -> dict[str, object]:
     """How the streaming job is doing: its process, then the figures its batches recorded."""
     supervisor = Supervisor(settings.var_dir)
@@ -559,6 +572,21 @@ class Stack:
             if self.supervisor.stop(spec):
                 stopped.append(spec.name)
         return stopped
+
+    def warnings(self) -> list[str]:
+        """What will stop the stack if nobody acts, said while there is time to."""
+        broker = self.supervisor.process("broker") if (
+            self.settings.embedded_kafka and self.settings.broker_storage == "memory") else None
+        if broker is None:
+            return []
+        import psutil
+
+        memory = psutil.virtual_memory()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            found = broker_memory_warning(broker.memory_info().rss, memory.available,
+                                          memory.total)
+            return [found] if found else []
+        return []
 
     def status(self) -> list[Status]:
         s = self.settings

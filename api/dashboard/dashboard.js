@@ -170,10 +170,11 @@ function render(d) {
   $("#latency-p99").textContent = ms(d.now.latency_p99_ms);
   $("#lag").textContent = fmt(d.now.lag);
   $("#last-batch").textContent = time(d.now.last_batch_at);
-  const blind = d.now.end_offsets_unavailable;
-  $("#blind").hidden = blind.length === 0;
-  $("#blind").textContent = blind.map((b) => `Stream "${b.query}" cannot read the broker's end ` +
-    `offsets since ${time(b.since)} and plans no batch: ${b.detail.error ?? ""}`).join("\n");
+  const alerts = d.now.end_offsets_unavailable.map((b) => `Stream "${b.query}" cannot read ` +
+    `the broker's end offsets since ${time(b.since)} and plans no batch: ${b.detail.error ?? ""}`)
+    .concat(d.now.warnings);
+  $("#blind").hidden = alerts.length === 0;
+  $("#blind").textContent = alerts.join("\n");
   const to = Date.parse(d.generated_at) / 1000;
   xRange = [to - d.window_minutes * 60, to];
   const s = d.stream;

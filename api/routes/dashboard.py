@@ -21,6 +21,7 @@ from api.deps import Res
 from api.schemas import NO_NUL
 from api.scoring import ModelProvider
 from patternalarm.db import STREAM_WINDOW
+from patternalarm.services import Stack
 from patternalarm.settings import PROJECT_ROOT
 
 router = APIRouter(prefix="/dashboard", tags=["dashboard"])
@@ -99,6 +100,7 @@ def data(res: Res, minutes: Annotated[int, Query(ge=1, le=24 * 60)] = 15) -> dic
             "last_batch_at": now["last_batch_at"],
             # Queries whose source cannot read the broker's end offsets: they plan no batch.
             "end_offsets_unavailable": now["blind"] or [],
+            "warnings": Stack(res.settings).warnings(),
         },
         "stream": {
             "t": [_epoch(r["t"]) for r in stream],

@@ -114,3 +114,12 @@ def test_secrets_file_is_private_even_under_a_permissive_umask():
         os.umask(old)
     assert oct(secrets.path(cfg).stat().st_mode & 0o777) == "0o600"
     assert [p.name for p in secrets.path(cfg).parent.iterdir()] == ["secrets.json"]
+
+
+def test_broker_memory_warns_before_it_runs_out():
+    from patternalarm.services import broker_memory_warning
+
+    gib = 2**30
+    assert broker_memory_warning(2 * gib, 16 * gib, 24 * gib) is None
+    assert "10.0 GiB" in broker_memory_warning(10 * gib, 12 * gib, 24 * gib)
+    assert "5.0 of 24 GiB left" in broker_memory_warning(3 * gib, 5 * gib, 24 * gib)
