@@ -150,11 +150,53 @@ def _spark_type(arrow_type) -> str:
     return "string"
 
 
+def _csv_types(files: list[Path]) -> dict:
+    """Column types that hold for every row of every file. pyarrow infers a column's type from
+    the first block; a later cell that does not fit (R writes 100000 as ``1e+05`` in an
+    integer column) fails the read, and that column is widened (integer → double → string)
+    and the file read again. Spark then reads with these types, so no cell becomes null."""
+    import re
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    def wider(a: pa.DataType, b: pa.DataType) -> pa.DataType:
+        if a == b:
+            return a
+        numeric = all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in (a, b))
+        return pa.float64() if numeric else pa.string()
+
+    types: dict[str, pa.DataType] = {}
+    for file in files:
+        widened: dict[str, pa.DataType] = {}
+        while True:
+            reader = pacsv.open_csv(file, convert_options=pacsv.ConvertOptions(
+                column_types=widened))
+            try:
+                for _batch in reader:
+                    pass
+            except pa.ArrowInvalid as exc:
+                found = re.search(r"CSV column #(\d+)", str(exc))
+                field = reader.schema.field(int(found.group(1))) if found else None
+                if field is None or pa.types.is_string(field.type):
+                    raise
+                widened[field.name] = wider(field.type, pa.string() if pa.types.is_floating(
+                    field.type) else pa.float64())
+                continue
+            finally:
+                reader.close()
+            break
+        for field in reader.schema:
+            types[field.name] = wider(types.get(field.name, field.type), field.type)
+    return types
+
+
 def inspect_file(path: str, label: str, time_col: str | None,
                  features: list[str] | None) -> FileInput:
     """Schema, label values and emptiness of a file, read with pyarrow (streamed, one column)."""
     import pyarrow as pa
     import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
     import pyarrow.dataset as ds
 
     source = Path(path)
@@ -163,7 +205,12 @@ def inspect_file(path: str, label: str, time_col: str | None,
     suffixes = {s.suffix.lower() for s in ([source] if source.is_file() else source.iterdir())}
     fmt = "parquet" if suffixes & {".parquet", ".pq"} else "csv"
     try:
-        dataset = ds.dataset(path, format=fmt)
+        file_format = fmt
+        if fmt == "csv":
+            files = [source] if source.is_file() else sorted(source.glob("*.csv"))
+            file_format = ds.CsvFileFormat(convert_options=pacsv.ConvertOptions(
+                column_types=_csv_types(files)))
+        dataset = ds.dataset(path, format=file_format)
         schema = dataset.schema
         rows = dataset.count_rows()
     except (pa.ArrowInvalid, OSError) as exc:

@@ -120,3 +120,18 @@ def test_domain_names_the_model():
     args = job.parse_args(["--input", "x", "--label", "y", "--domain", "iot",
                            "--features", "a, b"])
     assert args.model_name == "patternalarm-iot" and args.features == ["a", "b"]
+
+
+def test_csv_types_come_from_the_whole_file(tmp_path):
+    """R's write.csv writes 100000 as 1e+05: far down an integer column, it must widen the
+    column to double, not become a null (the gate would refuse the file); text far down a
+    number column makes it text, not a feature with nulls."""
+    path = tmp_path / "r.csv"
+    rows = [f"{i},{i % 7},{i % 5},{i % 2}" for i in range(200_000)]
+    rows[150_000] = "150000,1e+05,0,0"
+    rows[180_000] = "180000,3,x7,1"
+    path.write_text("t,amount,code,is_fraud\n" + "\n".join(rows) + "\n")
+    spec = job.inspect_file(str(path), "is_fraud", "t", None)
+    schema = dict(spec.csv_schema)
+    assert (schema["amount"], schema["code"], schema["t"]) == ("double", "string", "bigint")
+    assert spec.features == ["amount"]
