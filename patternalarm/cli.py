@@ -222,24 +222,10 @@ def cmd_airflow(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
     os.execve(argv[0], argv, {**os.environ, **airflow_env(cfg)})
 
 
-def bootstrap_models(cfg: settings_mod.Settings) -> None:
-    """A domain without a champion gets one trained on a bootstrap run; training promotes it
-    only if its incident precision on a replay at the live anomaly rate reaches the target."""
-    from patternalarm.services import has_champion
-
-    for domain in settings_mod.DOMAINS:
-        if has_champion(cfg, domain):
-            print(f"{domain}: champion model already registered")
-            continue
-        print(f"{domain}: training the bootstrap model (Spark MLlib, ~3 min)...", flush=True)
-        code = cmd_train(cfg, argparse.Namespace(job_args=[
-            "--source", "bootstrap", "--domain", domain, "--promote"]))
-        if code != 0:
-            print(f"training {domain} failed (exit {code}); the stream runs rules only",
-                  file=sys.stderr)
-        elif not has_champion(cfg, domain):
-            print(f"{domain}: the bootstrap model missed the precision target on the replay "
-                  "(see its MLflow run); the stream runs rules only", file=sys.stderr)
+# How `demo` trains a domain without a champion (tests/integration/test_demo_quality.py runs the
+# same): promoted only if its incident precision on a replay at the live anomaly rate reaches
+# the target, else the domain runs on rules only.
+DEMO_TRAINING = ("--source", "bootstrap", "--promote", "--json")
 
 
 def cmd_demo(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
@@ -296,8 +282,8 @@ def _demo_model(cfg, supervisor, domain: str, stage) -> None:
         return
     log = supervisor.log_path(f"train-{domain}")
     stage.note(f"training the bootstrap model (Spark MLlib; log {log})")
-    argv, env = spark_submit(cfg, "spark_jobs/train_model.py", "--source", "bootstrap",
-                             "--domain", domain, "--promote", "--json")
+    argv, env = spark_submit(cfg, "spark_jobs/train_model.py", *DEMO_TRAINING,
+                             "--domain", domain)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         code = subprocess.run(argv, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
@@ -307,8 +293,12 @@ def _demo_model(cfg, supervisor, domain: str, stage) -> None:
         stage.fail(f"training failed (exit {code}); the stream runs rules only for {domain}",
                    f"last lines of {log}:\n{supervisor.tail(f'train-{domain}')}")
         return
+    replay = summary.get("replay_model_precision")
     stage.note(f"v{summary['version']} {summary.get('alias') or 'registered'}, "
-               f"PR-AUC {summary['pr_auc']:.3f}")
+               f"PR-AUC {summary['pr_auc']:.3f}"
+               + (f", incident precision {replay:.3f} at the live rate" if replay else "")
+               + ("" if summary.get("alias") == "champion" else
+                  f"; not promoted ({summary.get('promotion_reason')}): rules only"))
 
 
 def _last_json(path) -> dict | None:
