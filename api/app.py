@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api.database import Database, DatabaseUnavailable
 from api.deps import Resources, require_api_key
-from api.routes import dashboard, incidents, ops, predict
+from api.routes import dashboard, incidents, ops, predict, quality
 from api.schemas import MAX_BATCH, body_schemas
 from api.scoring import ModelProvider, NoChampion
 from api.telemetry import MetricsMiddleware, Telemetry
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None, models: ModelProvider | None = 
     app.include_router(predict.router, dependencies=keyed)
     app.include_router(incidents.router, dependencies=keyed)
     app.include_router(dashboard.router, dependencies=keyed)
+    app.include_router(quality.router, dependencies=keyed)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -10,6 +10,7 @@ false positives.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
@@ -23,7 +24,11 @@ _SCORE = """
 WITH episodes AS (
     SELECT episode_id, domain, entity_id, start_time, end_time, truncated,
            start_time >= %(since)s AND NOT truncated AS scored
-    FROM ground_truth WHERE run_id = ANY(%(runs)s)
+    FROM ground_truth
+    WHERE (%(runs)s::text[] IS NULL OR run_id = ANY(%(runs)s::text[]))
+      -- Only episodes an incident in range can still reach (incident spans stay well
+      -- under an hour: windows are 15 minutes).
+      AND end_time >= %(since)s - make_interval(secs => %(after_s)s + 3600)
 ), incs AS (
     SELECT incident_key, domain, detector, entity_id, first_event_time, last_event_time
     FROM incidents
@@ -41,13 +46,14 @@ WITH episodes AS (
     SELECT d, 'all' FROM unnest(%(domains)s::text[]) AS d
 )
 SELECT t.domain,
-       (SELECT count(*) FROM episodes e WHERE e.domain = t.domain AND e.scored),
+       (SELECT count(*) FROM episodes e WHERE e.domain = t.domain AND e.scored) AS episodes,
        (SELECT count(DISTINCT episode_id) FROM matches m
-        WHERE m.domain = t.domain AND m.scored AND t.detector IN ('all', m.detector)),
+        WHERE m.domain = t.domain AND m.scored AND t.detector IN ('all', m.detector))
+           AS detected,
        (SELECT count(*) FROM incs i
-        WHERE i.domain = t.domain AND t.detector IN ('all', i.detector)),
+        WHERE i.domain = t.domain AND t.detector IN ('all', i.detector)) AS incidents,
        (SELECT count(DISTINCT incident_key) FROM matches m
-        WHERE m.domain = t.domain AND t.detector IN ('all', m.detector)),
+        WHERE m.domain = t.domain AND t.detector IN ('all', m.detector)) AS true_incidents,
        t.detector
 FROM detectors t
 """
@@ -74,19 +80,32 @@ class Quality:
         return {**asdict(self), "recall": self.recall, "precision": self.precision}
 
 
-def quality_by_detector(conn: connection, run_ids: list[str], domains: list[str],
-                        since: datetime, until: datetime, before_s: float = BEFORE_S,
-                        after_s: float = AFTER_S) -> dict[str, dict[str, Quality]]:
-    """{domain: {detector: Quality}}, every detector of the domain together under ``all``; a
-    detector's recall is the share of the domain's episodes it found."""
-    with conn, conn.cursor() as cur:
-        cur.execute(_SCORE, {"runs": run_ids, "domains": domains, "since": since,
-                             "until": until, "before_s": before_s, "after_s": after_s})
-        rows = cur.fetchall()
+def quality_query(run_ids: list[str] | None, domains: list[str], since: datetime,
+                  until: datetime, before_s: float = BEFORE_S, after_s: float = AFTER_S
+                  ) -> tuple[str, dict]:
+    """(SQL, parameters) of the per-detector scores; ``run_ids`` None: every generator run
+    with episodes in the range (the live view: meaningful while the traffic is generated)."""
+    return _SCORE, {"runs": run_ids, "domains": domains, "since": since, "until": until,
+                    "before_s": before_s, "after_s": after_s}
+
+
+def by_detector(rows, domains: list[str]) -> dict[str, dict[str, Quality]]:
+    """{domain: {detector: Quality}} from the query's rows (tuples or dicts); every detector
+    of the domain together is ``all``, and a detector's recall is the share of the domain's
+    episodes it found."""
     out: dict[str, dict[str, Quality]] = {d: {} for d in domains}
     for row in rows:
-        out[row[0]][row[5]] = Quality(*row)
+        quality = Quality(**row) if isinstance(row, Mapping) else Quality(*row)
+        out[quality.domain][quality.detector] = quality
     return out
+
+
+def quality_by_detector(conn: connection, run_ids: list[str] | None, domains: list[str],
+                        since: datetime, until: datetime, before_s: float = BEFORE_S,
+                        after_s: float = AFTER_S) -> dict[str, dict[str, Quality]]:
+    with conn, conn.cursor() as cur:
+        cur.execute(*quality_query(run_ids, domains, since, until, before_s, after_s))
+        return by_detector(cur.fetchall(), domains)
 
 
 def detection_quality(conn: connection, run_ids: list[str], domains: list[str],

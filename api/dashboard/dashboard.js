@@ -123,6 +123,26 @@ function renderModels(models) {
   }
 }
 
+// Precision and recall per detector over the window (GET /quality), next to the counts; only
+// generated traffic has ground truth, so a domain without episodes shows its counts alone.
+function renderQuality(q) {
+  const body = $("#quality tbody");
+  body.replaceChildren();
+  for (const [domain, detectors] of Object.entries(q.domains)) {
+    for (const [detector, s] of Object.entries(detectors)) {
+      if (!s.incidents && !s.episodes) continue;
+      const row = body.insertRow();
+      row.dataset.domain = domain;
+      row.dataset.detector = detector;
+      cell(row, domain);
+      cell(row, detector);
+      cell(row, fmt(s.incidents));
+      cell(row, s.precision === null ? "–" : fmt(s.precision, 3));
+      cell(row, s.recall === null ? "–" : `${fmt(s.recall, 3)} (${s.detected}/${s.episodes})`);
+    }
+  }
+}
+
 function renderRuns(loadRuns, chaosRuns) {
   const load = $("#load-runs tbody");
   load.replaceChildren();
@@ -195,7 +215,9 @@ function showError(err) {
 }
 
 function refresh() {
-  return api(`/dashboard/data?minutes=${$("#window").value}`)
+  const minutes = $("#window").value;
+  api(`/quality?minutes=${minutes}`).then((resp) => resp.json()).then(renderQuality, showError);
+  return api(`/dashboard/data?minutes=${minutes}`)
     .then((resp) => resp.json())
     .then((d) => {
       render(d);

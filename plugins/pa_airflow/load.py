@@ -16,7 +16,7 @@ from psycopg2.extras import Json
 
 from pa_airflow import measure
 from patternalarm import db
-from patternalarm.quality import detection_quality
+from patternalarm.quality import quality_by_detector
 from patternalarm.settings import Settings
 
 
@@ -33,7 +33,9 @@ def report(cfg: Settings, run_id: str, p: dict[str, Any], summary: dict[str, Any
     drained_at = measure.first_batch_after(cfg, query, end, max_lag=0)
     p50, p99, incidents = measure.incident_latency_ms(cfg, p["domains"], since)
     with contextlib.closing(db.connect(cfg)) as conn:
-        quality = detection_quality(conn, [summary["run_id"]], p["domains"], start, end)
+        per_detector = quality_by_detector(conn, [summary["run_id"]], p["domains"], start,
+                                           end)
+    quality = {d: q["all"] for d, q in per_detector.items()}
     found = sum(q.detected for q in quality.values())
     episodes = sum(q.episodes for q in quality.values())
     true_incidents = sum(q.true_incidents for q in quality.values())
@@ -51,6 +53,10 @@ def report(cfg: Settings, run_id: str, p: dict[str, Any], summary: dict[str, Any
          "recall": found / episodes if episodes else None,
          "precision": true_incidents / all_incidents if all_incidents else None,
          "quality": {d: q.as_dict() for d, q in quality.items()},
+         # What each detector adds and how often it is right: a model detector's precision
+         # is hidden in the domain's total while the rules are precise.
+         "quality_by_detector": {d: {name: q.as_dict() for name, q in sorted(per.items())}
+                                 for d, per in per_detector.items()},
          "status": "failed" if failures else "passed", "failures": failures}
     r["chart_path"] = str(chart(cfg, run_id, batches, end))
     _record(cfg, run_id, p, summary, since, r)

@@ -164,3 +164,44 @@ def test_a_chunked_body_over_the_limit_is_413_from_the_server(stack, api):
     resp = api.post("/predict", content=chunks(), headers={"Content-Type": "application/json"})
     assert resp.request.headers["Transfer-Encoding"] == "chunked"
     assert resp.status_code == 413
+
+
+def test_quality_scores_each_detector_against_ground_truth_in_the_window(stack, api):
+    """Two episodes, and incidents of two test-only detectors: one true and one false for the
+    first, one true for the second."""
+    from patternalarm.generator import GroundTruth
+
+    tag = uuid.uuid4().hex[:8]
+    now = int(time.time() * 1000)
+    start, end = now - 300_000, now - 240_000
+    entities = [f"d{i}-{tag}" for i in range(3)]
+    labels = [{"episode_id": f"ep{i}-{tag}", "run_id": f"q-{tag}", "domain": "iot",
+               "entity_id": entities[i], "kind": "spike", "start_time": start,
+               "end_time": end, "event_ids": [f"ev{i}-{tag}"]} for i in range(2)]
+    one, two = f"test_{tag}", f"test2_{tag}"
+
+    def found(entity: str, detector: str, at_ms: int) -> Incident:
+        return Incident("iot", entity, detector, "rule", at_ms, "medium", at_ms, at_ms)
+
+    query = f"quality-{tag}"
+    with contextlib.closing(db.connect(stack)) as conn:
+        GroundTruth(conn).record(labels)
+        commit_batch(conn, query, 0, [found(entities[0], one, end + 60_000),
+                                      found(entities[2], one, end),   # no episode: false
+                                      found(entities[1], two, start)], BatchMetrics(3, 1.0))
+        try:
+            body = api.get("/quality", params={"minutes": 10}).json()
+        finally:
+            with conn, conn.cursor() as cur:
+                cur.execute("DELETE FROM incidents WHERE detector IN (%s, %s)", (one, two))
+                cur.execute("DELETE FROM ground_truth WHERE run_id = %s", (f"q-{tag}",))
+                cur.execute("DELETE FROM stream_metrics WHERE query_name = %s", (query,))
+                cur.execute("DELETE FROM stream_batches WHERE query_name = %s", (query,))
+    iot = body["domains"]["iot"]
+    assert body["window_minutes"] == 10
+    assert (iot[one]["incidents"], iot[one]["true_incidents"], iot[one]["precision"]) == (2, 1,
+                                                                                         0.5)
+    assert iot[one]["detected"] == 1 and iot[two]["detected"] == 1
+    assert iot[two]["precision"] == 1.0
+    assert iot["all"]["episodes"] >= 2 and iot["all"]["incidents"] >= 3
+    assert 0 < iot[one]["recall"] <= 0.5

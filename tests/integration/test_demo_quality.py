@@ -31,7 +31,9 @@ from patternalarm.quality import quality_by_detector
 from patternalarm.settings import DOMAINS, PROJECT_ROOT, model_name
 from tests.conftest import own_topics
 
-pytestmark = pytest.mark.integration
+# Three bootstrap trainings (~3.5 min each on an idle 2-core box: Great Expectations, fit,
+# two live-rate replays, registration) and a stream run: longer than the default 900 s.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(2700)]
 
 MINUTES = 20
 ENTITIES = 2000
