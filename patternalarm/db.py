@@ -76,7 +76,7 @@ def stream_now(window: timedelta) -> tuple[str, list[object]]:
                (SELECT sum(event_latency_p50_ms * input_rows) / NULLIF(sum(input_rows), 0)
                   FROM recent) AS p50_ms,
                (SELECT max(event_latency_p99_ms) FROM recent) AS p99_ms,
-               (SELECT coalesce(sum(dead_lettered), 0) FROM recent) AS dead_lettered,
+               (SELECT coalesce(sum(dead_lettered), 0)::bigint FROM recent) AS dead_lettered,
                (SELECT lag_total FROM latest) AS lag,
                (SELECT model_versions FROM latest) AS model_versions,
                (SELECT recorded_at FROM latest) AS last_batch_at,

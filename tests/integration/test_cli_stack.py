@@ -28,7 +28,7 @@ def env():
         cli(env, "up", timeout=600)
         yield env
     finally:
-        cli(env, "down", check=False)
+        cli(env, "down", check=False, timeout=600)
         shutil.rmtree(var_dir, ignore_errors=True)
 
 
@@ -54,7 +54,9 @@ def of_the_stack(var_dir: str) -> list[psutil.Process]:
 
 
 def test_airflow_command_runs_with_the_stacks_environment(env):
-    dags = json.loads(cli(env, "airflow", "dags", "list", "--output", "json"))
+    # Airflow logs its plugin set-up to stdout before the JSON document.
+    out = cli(env, "airflow", "dags", "list", "--output", "json")
+    dags = json.loads(out.strip().splitlines()[-1])
     assert {"patternalarm_retrain", "patternalarm_load_test", "patternalarm_chaos"} <= \
         {dag["dag_id"] for dag in dags}
 
@@ -96,7 +98,7 @@ def test_status_shows_stream_and_generators_and_down_leaves_nothing(env, monkeyp
     cmdlines = [" ".join(p.cmdline()) for p in started]
     assert any("java" in c and "streaming/job.py" in c for c in cmdlines)
     assert any("multiprocessing" in c for c in cmdlines)  # generator workers
-    stopped = cli(env, "down")
+    stopped = cli(env, "down", timeout=600)
     assert "generate (pid" in stopped and "stream" in stopped and "generator" in stopped
     assert script.wait(timeout=30) is not None
     assert of_the_stack(str(cfg.var_dir)) == []
