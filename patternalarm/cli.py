@@ -362,8 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("up", help="start the embedded services (idempotent) and wait until healthy")
-    sub.add_parser("down", help="stop every embedded service and its children")
-    status = sub.add_parser("status", help="health, pid, memory and URL of each service")
+    sub.add_parser("down", help="stop the stream, generators and every embedded service, "
+                   "with their children")
+    status = sub.add_parser("status", help="services (health, pid, memory, URL), the stream "
+                            "and the generators")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     config = sub.add_parser("config", help="print the effective settings, secrets masked")
     config.add_argument("--json", action="store_true", help="machine-readable output")
@@ -379,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(`airflow --help` for its commands)",
                              add_help=False, prefix_chars="+")
     airflow.add_argument("airflow_args", nargs=argparse.REMAINDER)
-    demo = sub.add_parser("demo", help="up, bootstrap models, stream, NORMAL traffic")
+    demo = sub.add_parser("demo", help="up, bootstrap models, NORMAL traffic, stream; one line "
+                          "per stage, output in var/log/")
     demo.add_argument("--minutes", type=int, default=15,
                       help="minutes of traffic (the in-memory broker keeps every event)")
     stream = sub.add_parser("stream", help="start | stop | status | reset of the streaming job")
