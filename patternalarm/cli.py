@@ -265,7 +265,8 @@ Pipeline running ({time.monotonic() - began:.0f}s to here):
 {cfg.var_dir / 'secrets.json'})
   Airflow     http://{cfg.bind_host}:{cfg.airflow_port}/   (login: `patternalarm status`)
   MLflow      {cfg.tracking_uri}/#/models
-  Spark UI    http://127.0.0.1:4040/   (streaming job)
+  Spark UI    http://127.0.0.1:4040/   (streaming job; if 4040 was taken, its `started` line
+              in {supervisor.log_path('stream')} names the port)
   how it runs patternalarm status      stop everything: make down""")
     return 0
 
