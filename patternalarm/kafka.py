@@ -26,13 +26,18 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from patternalarm.settings import Settings
 
-# The longest a probe's fetch may wait at the broker for data. Tansu's memory engine answers a
-# fetch whose wait is shorter than its own scan with no high watermark at all, and the probe
-# never learns the end: with 12 partitions of 18-42K records in small batches (as a paced
-# producer writes them), 10 ms left 6 of 12 partitions unanswered for 6 s, while 50 ms and
-# 100 ms answered all of them in 0.05-0.15 s (benchmarks/RESULTS.md, "End-offset probe"). A
-# probe at the log end waits this long only when no record arrives, so it bounds the probe.
+# How long a fetch may wait at the broker for data. Tansu's memory engine answers a fetch whose
+# wait is shorter than its own scan of the partition with no data and no high watermark, so a
+# short wait can starve a reader for good: with 12 partitions of 18-42K records in small batches
+# (as a paced producer writes them) a 10 ms probe left 6 of 12 unanswered for 6 s, while
+# 50-100 ms answered in 0.05-0.15 s on a quiet box (benchmarks/RESULTS.md, "End-offset probe").
+# The probe waits 100 ms: where a partition has nothing new it pays the whole wait on every
+# trigger, and a probe that still misses is retried after a backoff. A read asks only for
+# records that exist, so the broker answers as soon as its scan ends and a longer wait costs
+# nothing; but a read that misses stalls its task: under a load average of 13 a 50 ms read of a
+# 61K-record partition got nothing for 60 s and failed the query.
 PROBE_FETCH_WAIT_MS = 100
+READ_FETCH_WAIT_MS = 1000
 
 # Tansu's JoinGroup waits session.timeout.ms / 2 before answering: keep it short.
 _CONSUMER_DEFAULTS = {"session.timeout.ms": 6000, "enable.auto.commit": False}

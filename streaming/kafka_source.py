@@ -297,11 +297,13 @@ def _read_range(partition: OffsetRange) -> Iterator:
     import pyarrow as pa
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+    from patternalarm.kafka import READ_FETCH_WAIT_MS
+
     tp = TopicPartition(partition.topic, partition.partition, partition.start)
     # An offset the broker no longer has is an error here, not a silent jump to the end.
     reader = Consumer({"bootstrap.servers": partition.servers,
                        "group.id": f"pa-source-{partition.topic}",
-                       "enable.auto.commit": False, "fetch.wait.max.ms": 50,
+                       "enable.auto.commit": False, "fetch.wait.max.ms": READ_FETCH_WAIT_MS,
                        "auto.offset.reset": "error"})
     reader.assign([tp])
     schema = pa.schema([("key", pa.binary()), ("value", pa.binary()),
