@@ -79,6 +79,11 @@ with DAG(
                               title="Anomaly rate",
                               description="episodes started per event: enough incidents in "
                                           "a short run to compare with the reference"),
+        "entities": Param(None, type=["null", "integer"], minimum=1, maximum=100_000,
+                          title="Entities",
+                          description="per domain; empty: about one event per entity per "
+                                      "minute. Fewer give each entity the history that rules "
+                                      "need within a short run"),
     },
 ) as dag:
     checked = ValidateParamsOperator(task_id="validate_params", check=check_chaos)

@@ -45,8 +45,8 @@ from patternalarm.chaos_verdict import Counts, Facts, IncidentDiff, reference_co
 from patternalarm.settings import Settings
 
 QUERY = "detector"
-# Entity numbers per start second: more than a run ever names (default_entities caps at 100K),
-# so scenarios started in different seconds never share an entity.
+# Entity numbers per start second: more than a run ever names (validation caps `entities` and
+# default_entities caps at 100K), so scenarios started in different seconds share no entity.
 ENTITY_BLOCK = 100_000
 # Compared apart, not judged (see above).
 TIMER_DETECTORS = ("silence",)
@@ -64,7 +64,7 @@ def run_scenario(cfg: Settings, run_id: str, scenario: str, p: dict[str, Any]) -
     start_s = time.time() + STARTUP_LEAD_S
     start_ms = int(start_s * 1000)
     plan = RunPlan(domains=tuple(p["domains"]), per_min=p["rate_per_min"], mode="CUSTOM",
-                   duration_s=p["duration_s"], start_ms=start_ms,
+                   duration_s=p["duration_s"], start_ms=start_ms, entities=p["entities"],
                    anomaly_rate=p["anomaly_rate"], first_entity=int(start_s) * ENTITY_BLOCK,
                    ground_truth=False,
                    spike=Spike("burst", third, at_s=third) if scenario == "spike" else None)
@@ -79,16 +79,23 @@ def run_scenario(cfg: Settings, run_id: str, scenario: str, p: dict[str, Any]) -
 
     sender = threading.Thread(target=traffic, args=(plan,), name="chaos-traffic")
     sender.start()
+    # On a busy machine the first batch may commit only after the traffic ended: the fault
+    # then hits the backlog in flight, which is still the scenario's own traffic.
     live = _wait_for_own_batch(cfg, since, f"{plan.run_id(start_ms)}-",
-                               until_s=start_s + p["duration_s"])
+                               until_s=start_s + p["duration_s"] + p["drain_timeout_s"])
     # A third of the way in at the earliest: the fault lands amid traffic, not at its edge.
     time.sleep(max(0.0, start_s + third - time.time()))
     injected: dict[str, Any] = {"scenario": scenario, "at": datetime.now(UTC).isoformat(),
                                 "own_batch_before": live,
+                                "traffic_over": time.time() > start_s + p["duration_s"],
                                 "before": _position(cfg, plan.domains, since)}
+    restarted_at = None
     if scenario == "kill_driver":
         fault_end = time.time()
         injected.update(faults.kill_driver())
+        # The dying driver may still commit the batch it was writing: recovery is the new
+        # driver's first batch, measured from the kill.
+        restarted_at = time.time()
     elif scenario == "broker_restart":
         injected.update(faults.restart_broker())
         fault_end = time.time()
@@ -119,9 +126,10 @@ def run_scenario(cfg: Settings, run_id: str, scenario: str, p: dict[str, Any]) -
     sent = sum(s["sent"] for _, s in runs)
     done = measure.wait_drained(cfg, QUERY, since, sent, traffic_end, p["drain_timeout_s"])
     ended = datetime.fromtimestamp(fault_end, UTC)
+    after = datetime.fromtimestamp(restarted_at or fault_end, UTC)
     lag_ok = int(p["rate_per_min"] / 60 * len(plan.domains) * 3) + 1
-    caught_up = measure.first_batch_after(cfg, QUERY, ended, max_lag=lag_ok)
-    first = measure.first_batch_after(cfg, QUERY, ended)
+    caught_up = measure.first_batch_after(cfg, QUERY, after, max_lag=lag_ok)
+    first = measure.first_batch_after(cfg, QUERY, after)
     batches = measure.batches_after(cfg, QUERY, since)
     versions = {d: [v[d] for *_, v in batches if d in (v or {})] for d in plan.domains}
     ref = _reference(runs, [b[0] for b in batches],

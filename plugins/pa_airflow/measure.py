@@ -25,6 +25,10 @@ class Processed:
     batches: int
     last_lag: int | None      # lag after the latest batch (None: none yet, or not measured)
     last_at: datetime | None  # when the latest batch committed
+    # When the batch before the latest committed: Spark plans a batch only after the one
+    # before it committed, so the latest batch read the log as it stood after this time.
+    previous_at: datetime | None = None
+    slowest_ms: float | None = None  # the longest batch so far
 
     @property
     def accounted(self) -> int:
@@ -38,7 +42,9 @@ def processed_since(cfg: Settings, query: str, since: datetime) -> Processed:
         cur.execute("""SELECT coalesce(sum(input_rows), 0)::bigint,
                               coalesce(sum(late_events), 0)::bigint,
                               coalesce(sum(dead_lettered), 0)::bigint, count(*),
-                              (array_agg(lag_total ORDER BY batch_id DESC))[1], max(recorded_at)
+                              (array_agg(lag_total ORDER BY batch_id DESC))[1], max(recorded_at),
+                              (array_agg(recorded_at ORDER BY batch_id DESC))[2],
+                              max(processing_ms)
                        FROM stream_metrics WHERE query_name = %s AND recorded_at > %s""",
                     (query, since))
         return Processed(*cur.fetchone())
@@ -47,8 +53,10 @@ def processed_since(cfg: Settings, query: str, since: datetime) -> Processed:
 def wait_drained(cfg: Settings, query: str, since: datetime, expected: int,
                  traffic_end: datetime, timeout_s: float, quiet_s: float = 15.0) -> Processed:
     """Until the stream accounted for `expected` messages with no lag left; or, when some never
-    arrive (lost), until a batch after `traffic_end` read to the end of the log and nothing
-    changed for `quiet_s`; or until the timeout.
+    arrive (lost), until a batch planned after `traffic_end` left no lag; failing that (no
+    batch runs once the log is idle), until one that committed after it left no lag and nothing
+    changed for `quiet_s` or twice the slowest batch, whichever is longer (a batch planned
+    before the end may still be running); or until the timeout.
 
     A stream that is down or restarting writes no batches: its silence is not a drained log.
     """
@@ -58,11 +66,14 @@ def wait_drained(cfg: Settings, query: str, since: datetime, expected: int,
         now = processed_since(cfg, query, since)
         if now.accounted >= expected and not now.last_lag:
             return now
+        if now.last_lag == 0 and now.previous_at is not None and now.previous_at > traffic_end:
+            return now
         caught_up = now.last_lag == 0 and now.last_at is not None and now.last_at > traffic_end
+        quiet = max(quiet_s, 2 * (now.slowest_ms or 0.0) / 1000.0)
         # Batches without input (event-time timers) are not progress.
         if (now.rows, now.late) != seen:
             seen, since_change = (now.rows, now.late), time.monotonic()
-        elif caught_up and time.monotonic() - since_change >= quiet_s:
+        elif caught_up and time.monotonic() - since_change >= quiet:
             return now
         if time.monotonic() > deadline:
             return now

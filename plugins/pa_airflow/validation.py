@@ -103,7 +103,11 @@ def check_chaos(params: dict[str, Any]) -> dict[str, Any]:
                "poison_count": _number(problems, params, "poison_count", 1, integer=True),
                "recovery_bound_s": _number(problems, params, "recovery_bound_s", 1),
                "drain_timeout_s": _number(problems, params, "drain_timeout_s", 1),
-               "anomaly_rate": _number(problems, params, "anomaly_rate", 0)}
+               "anomaly_rate": _number(problems, params, "anomaly_rate", 0),
+               "entities": params.get("entities")}
+    if checked["entities"] is not None and _number(problems, params, "entities", 1,
+                                                   integer=True) > 100_000:
+        problems.append(f"entities: {checked['entities']} is above 100000")
     if checked["anomaly_rate"] > 0.5:
         problems.append(f"anomaly_rate: {checked['anomaly_rate']:g} is above 0.5 (episodes "
                         "started per event)")

@@ -99,24 +99,80 @@ def test_load_test_writes_a_report_and_chart(stack):
     assert Path(chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+CHAOS_COLUMNS = """SELECT scenario, verdict, injected, events_sent, events_lost,
+                          incidents_duplicated, dead_lettered, recovery_s, details
+                   FROM chaos_runs WHERE run_id = %s"""
+
+
 def test_chaos_verdicts_match_what_was_injected(stack):
     state, tasks, out = dags_test(stack, "patternalarm_chaos", {
         "scenarios": ["poison_flood", "kill_driver"], "domains": ["payments"],
         "rate_per_min": 3000, "duration_s": 18, "poison_count": 200,
-        "recovery_bound_s": 150, "drain_timeout_s": 240})
+        "recovery_bound_s": 300, "drain_timeout_s": 240, "anomaly_rate": 0.02,
+        "entities": 100})
     assert state == "success", out[-5000:]
-    verdicts = {r[0]: r[1:] for r in rows(
-        stack, """SELECT scenario, verdict, injected, events_sent, events_lost,
-                         incidents_duplicated, dead_lettered, recovery_s, details
-                  FROM chaos_runs WHERE run_id = %s""", tasks["run_id"])}
+    verdicts = {r[0]: r[1:] for r in rows(stack, CHAOS_COLUMNS, tasks["run_id"])}
+    for name, (verdict, injected, *_, details) in verdicts.items():
+        assert (verdict, details["reasons"]) == ("pass", []), (name, details)
+        # The fault came after a batch of the scenario's own events had committed.
+        assert injected["own_batch_before"] is not None
+        assert injected["before"]["latest_batch_id"] >= injected["own_batch_before"]
+        assert injected["before"]["end_offsets"] and injected["after"]["end_offsets"]
+        # Every incident the reference expects, no more, none counted twice.
+        assert details["incidents_reference"] == details["incidents_observed"] > 0
+        assert (details["incidents_missing"], details["incidents_extra"],
+                details["incidents_duplicated"], details["incidents_short"]) == (0, 0, 0, 0)
+        assert details["events_processed"] == 900 and details["unknown_committed"] == 0
     verdict, injected, sent, lost, dup, dead, recovery, details = verdicts["poison_flood"]
     assert injected["malformed_sent"] == 200
-    assert (verdict, lost, dup, dead) == ("pass", 0, 0, 200)
-    assert sent == 900 + 200
+    assert (lost, dup, dead, details["malformed_sent"]) == (0, 0, 200, 200)
+    assert sent == 900
     verdict, injected, sent, lost, dup, dead, recovery, details = verdicts["kill_driver"]
     assert injected["signal"] == "SIGKILL" and injected["killed_pid"] != injected["restarted_pid"]
-    assert (verdict, lost, dup, dead) == ("pass", 0, 0, 0)
-    assert 0 < recovery <= 150 and details["duplicated_events"] == 0
+    assert (lost, dup, dead) == (0, 0, 0)
+    assert 0 < recovery <= 300 and details["duplicated_events"] == 0
+
+
+@pytest.fixture
+def sink_drops_one_incident(stack):
+    """A sink that loses one incident: a trigger that skips every write of the first incident
+    key of a chaos entity (their numbers are far beyond the 6 digits of other traffic)."""
+    ddl = """
+        CREATE TABLE test_dropped_incident (incident_key text PRIMARY KEY);
+        CREATE FUNCTION test_drop_one_incident() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF length(split_part(NEW.entity_id, '-', 2)) > 6 AND NEW.detector <> 'silence' THEN
+                INSERT INTO test_dropped_incident SELECT NEW.incident_key
+                    WHERE NOT EXISTS (SELECT 1 FROM test_dropped_incident);
+                IF EXISTS (SELECT 1 FROM test_dropped_incident
+                           WHERE incident_key = NEW.incident_key) THEN
+                    RETURN NULL;
+                END IF;
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER test_drop_one_incident BEFORE INSERT ON incidents
+            FOR EACH ROW EXECUTE FUNCTION test_drop_one_incident();"""
+    with contextlib.closing(db.connect(stack)) as conn, conn, conn.cursor() as cur:
+        cur.execute(ddl)
+    yield
+    with contextlib.closing(db.connect(stack)) as conn, conn, conn.cursor() as cur:
+        cur.execute("""DROP TRIGGER test_drop_one_incident ON incidents;
+                       DROP FUNCTION test_drop_one_incident();
+                       DROP TABLE test_dropped_incident;""")
+
+
+def test_a_lost_incident_fails_the_chaos_run_naming_it(stack, sink_drops_one_incident):
+    state, tasks, out = dags_test(stack, "patternalarm_chaos", {
+        "scenarios": ["poison_flood"], "domains": ["payments"], "rate_per_min": 3000,
+        "duration_s": 18, "poison_count": 50, "recovery_bound_s": 300,
+        "drain_timeout_s": 240, "anomaly_rate": 0.02, "entities": 100})
+    (dropped,), = rows(stack, "SELECT incident_key FROM test_dropped_incident")
+    assert state == "failed" and tasks["judge"] == "failed", out[-5000:]
+    (verdict, *_, details), = [r[1:] for r in rows(stack, CHAOS_COLUMNS, tasks["run_id"])]
+    assert (verdict, details["reasons"]) == ("fail", ["incidents_missing"])
+    assert details["missing_keys"] == [dropped] and details["incidents_missing"] == 1
+    assert f"incidents_missing: 1 ({dropped})" in out
 
 
 @pytest.fixture
