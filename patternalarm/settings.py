@@ -40,7 +40,9 @@ class Settings(BaseSettings):
 
     # PostgreSQL: embedded unless postgres_url points at a server (credentials in the URL).
     postgres_url: SecretStr | None = None
-    postgres_port: Port = 55432
+    # Below Linux's ephemeral range (32768-60999): a busy machine's outgoing connections can hold
+    # any port in it for a moment, and `up` then fails with "port in use".
+    postgres_port: Port = 15432
     app_db: str = "patternalarm"
     airflow_db: str = "airflow"
     mlflow_db: str = "mlflow"
