@@ -158,7 +158,7 @@ class BatchSink:
             if n and champions:
                 incidents += self._model_incidents(features, champions)
             self._dead_letters(dead, batch_id)
-            lag = planned_lag(read_source_status(self.status_file))
+            lag = source_lag(read_source_status(self.status_file))
             now_ms = time.time() * 1000.0
             ev, br = ([float(q) for q in np.percentile(features[c].to_numpy(), [50, 1])]
                       if n else None for c in ("event_time", "broker_time"))
@@ -435,10 +435,12 @@ def read_source_status(path) -> dict | None:
         return None
 
 
-def planned_lag(status: dict | None) -> dict[str, int] | None:
-    """Records each partition's log had, when this batch was planned, that the batch left for
-    later: from the planner's own end offsets (no probe of the broker per batch). None when
-    the planner could not read them. A log end below the plan is a recreated log, all unread."""
+def source_lag(status: dict | None) -> dict[str, int] | None:
+    """Each partition's records that this batch, when it was planned, left for a later one —
+    from the planner's own end offsets, no probe of the broker per batch. 0 everywhere means
+    the batch took all there was (what "drained" means to the load and chaos runs); while the
+    adaptive cap keeps up with the trigger a backlog shows here. None while the planner cannot
+    read end offsets. A log end below the plan is a recreated log, all of it unread."""
     if not status or status.get("end_offsets") != "ok":
         return None
     from streaming.kafka_source import read_from
