@@ -23,7 +23,7 @@ AFTER_S = 120.0
 _SCORE = """
 WITH episodes AS (
     SELECT episode_id, domain, entity_id, start_time, end_time, truncated,
-           start_time >= %(since)s AND NOT truncated AS scored
+           start_time >= %(since)s AND start_time <= %(until)s AND NOT truncated AS scored
     FROM ground_truth
     WHERE (%(runs)s::text[] IS NULL OR run_id = ANY(%(runs)s::text[]))
       -- Only episodes an incident in range can still reach (incident spans stay well
