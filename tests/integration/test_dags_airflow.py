@@ -99,6 +99,13 @@ def test_load_test_writes_a_report_and_chart(stack):
     assert Path(chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def stream_tail(cfg) -> str:
+    """The stream's last log lines: a verdict that failed on a busy box says why."""
+    from patternalarm.supervisor import Supervisor
+
+    return "\nstream log:\n" + Supervisor(cfg.var_dir).tail("stream", 60)
+
+
 CHAOS_COLUMNS = """SELECT scenario, verdict, injected, events_sent, events_lost,
                           incidents_duplicated, dead_lettered, recovery_s, details
                    FROM chaos_runs WHERE run_id = %s"""
@@ -110,9 +117,9 @@ def test_chaos_verdicts_match_what_was_injected(stack):
         "rate_per_min": 3000, "duration_s": 18, "poison_count": 200,
         "recovery_bound_s": 300, "drain_timeout_s": 240, "anomaly_rate": 0.02,
         "entities": 100})
-    assert state == "success", out[-5000:]
+    assert state == "success", out[-5000:] + stream_tail(stack)
     verdicts = {r[0]: r[1:] for r in rows(stack, CHAOS_COLUMNS, tasks["run_id"])}
-    for name, (verdict, injected, *_, details) in verdicts.items():
+    for name, (verdict, injected, _, _, dup, *_, details) in verdicts.items():
         assert (verdict, details["reasons"]) == ("pass", []), (name, details)
         # The fault came after a batch of the scenario's own events had committed.
         assert injected["own_batch_before"] is not None
@@ -120,8 +127,8 @@ def test_chaos_verdicts_match_what_was_injected(stack):
         assert injected["before"]["end_offsets"] and injected["after"]["end_offsets"]
         # Every incident the reference expects, no more, none counted twice.
         assert details["incidents_reference"] == details["incidents_observed"] > 0
-        assert (details["incidents_missing"], details["incidents_extra"],
-                details["incidents_duplicated"], details["incidents_short"]) == (0, 0, 0, 0)
+        assert (details["incidents_missing"], details["incidents_extra"], dup,
+                details["incidents_short"]) == (0, 0, 0, 0)
         assert details["events_processed"] == 900 and details["unknown_committed"] == 0
     verdict, injected, sent, lost, dup, dead, recovery, details = verdicts["poison_flood"]
     assert injected["malformed_sent"] == 200
@@ -170,7 +177,8 @@ def test_a_lost_incident_fails_the_chaos_run_naming_it(stack, sink_drops_one_inc
     (dropped,), = rows(stack, "SELECT incident_key FROM test_dropped_incident")
     assert state == "failed" and tasks["judge"] == "failed", out[-5000:]
     (verdict, *_, details), = [r[1:] for r in rows(stack, CHAOS_COLUMNS, tasks["run_id"])]
-    assert (verdict, details["reasons"]) == ("fail", ["incidents_missing"])
+    assert (verdict, details["reasons"]) == ("fail", ["incidents_missing"]), \
+        details["failures"] + [stream_tail(stack)]
     assert details["missing_keys"] == [dropped] and details["incidents_missing"] == 1
     assert f"incidents_missing: 1 ({dropped})" in out
 
