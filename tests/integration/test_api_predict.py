@@ -196,8 +196,7 @@ def test_health_answers_while_a_big_batch_is_scored(api, champion):
     print(f"batch {elapsed:.2f}s, {len(health_latencies)} /health answers meanwhile, "
           f"max {max(health_latencies) * 1000:.0f} ms, "
           f"median {sorted(health_latencies)[len(health_latencies) // 2] * 1000:.0f} ms")
-    assert elapsed > 1.0  # long enough that a blocked loop would show
-    # A loop blocked by the batch would answer /health only once it is done. What remains is
-    # pydantic's decoding of the body, one call that holds the GIL (~0.15 s for these 6 MB).
-    assert max(health_latencies) < elapsed / 2
-    assert len(health_latencies) >= 5
+    # A loop blocked by the batch answers /health only once the batch is done: one answer, two
+    # if the first /health overtook the batch. Counted, not timed, so a loaded or a fast box
+    # cannot fail it (the latencies printed above are the measurement).
+    assert len(health_latencies) >= 3

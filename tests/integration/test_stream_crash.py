@@ -67,9 +67,10 @@ def reference(stack):
     """Topics of its own with 20 minutes of events, and the incidents of one uninterrupted
     `--available-now` run over them; the incidents are cleared for the fault runs."""
     cfg, env = own_topics("k")
-    # Two hours back: other tests' events (the acceptance run covers the last half hour) share
-    # entity ids, so only a time range of its own keeps this module's incidents apart.
-    start = datetime.now(UTC) - timedelta(hours=2)
+    # Four hours back: other tests' events share entity ids (the acceptance run lies six hours
+    # back, the big-partition run's history up to 82 minutes back, the rest near now), so only
+    # a time range of its own keeps this module's incidents apart.
+    start = datetime.now(UTC) - timedelta(hours=4)
     generated = subprocess.run(
         [f"{BIN}/patternalarm", "generate", "--domain", DOMAINS, "--rate", "300",
          "--duration", "1200", "--seed", "5", "--start-time",
