@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -102,6 +104,19 @@ def clean_settings_env(monkeypatch, tmp_path):
     settings_mod.get.cache_clear()
     yield
     settings_mod.get.cache_clear()
+
+
+def run_stream_available_now(env: dict[str, str], query: str, *args: str,
+                              **settings: str) -> subprocess.CompletedProcess:
+    """spark-submit streaming/job.py --available-now under `env` (plus PATTERNALARM_<settings>);
+    asserts that it ended well."""
+    job_env = {**env, **{env_key(k): v for k, v in settings.items()}}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]",
+         str(PROJECT_ROOT / "streaming" / "job.py"), "--available-now", "--query-name", query,
+         *args], env=job_env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
 
 
 def own_topics(letter: str) -> tuple[Settings, dict[str, str]]:

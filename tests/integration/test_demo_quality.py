@@ -28,8 +28,8 @@ from mlflow.tracking import MlflowClient
 from patternalarm import db
 from patternalarm.cli import DEMO_TRAINING, cmd_train
 from patternalarm.quality import quality_by_detector
-from patternalarm.settings import DOMAINS, PROJECT_ROOT, model_name
-from tests.conftest import own_topics
+from patternalarm.settings import DOMAINS, model_name
+from tests.conftest import own_topics, run_stream_available_now
 
 # Three bootstrap trainings (~3.5 min each on an idle 2-core box: Great Expectations, fit,
 # two live-rate replays, registration) and a stream run: longer than the default 900 s.
@@ -81,11 +81,7 @@ def run(champions):
         env=env, capture_output=True, text=True, timeout=900)
     assert generated.returncode == 0, generated.stderr[-3000:]
     query = f"demo-{cfg.topic_prefix}"
-    job = subprocess.run(
-        [f"{VENV_BIN}/spark-submit", "--master", "local[2]",
-         str(PROJECT_ROOT / "streaming" / "job.py"), "--available-now", "--query-name", query],
-        env=env, capture_output=True, text=True, timeout=1800)
-    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    run_stream_available_now(env, query)
     run_id = json.loads(generated.stdout)["run_id"]
     until = start + timedelta(minutes=MINUTES)
     with contextlib.closing(db.connect(cfg)) as conn:

@@ -17,8 +17,8 @@ import pytest
 
 from patternalarm import db, kafka
 from patternalarm.quality import detection_quality
-from patternalarm.settings import DOMAINS, PROJECT_ROOT
-from tests.conftest import own_topics
+from patternalarm.settings import DOMAINS
+from tests.conftest import own_topics, run_stream_available_now
 
 pytestmark = pytest.mark.integration
 
@@ -44,11 +44,7 @@ def run(stack):
     assert generated.returncode == 0, generated.stderr[-3000:]
     summary = json.loads(generated.stdout)
     query = f"accept-{cfg.topic_prefix}"
-    job = subprocess.run(
-        [f"{VENV_BIN}/spark-submit", "--master", "local[2]",
-         str(PROJECT_ROOT / "streaming" / "job.py"), "--available-now", "--query-name", query],
-        env=env, capture_output=True, text=True, timeout=1800)
-    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    run_stream_available_now(env, query)
     return {"cfg": cfg, "summary": summary, "query": query, "start": start}
 
 

@@ -19,8 +19,8 @@ import pytest
 from patternalarm import db, kafka
 from patternalarm.generator import DomainStream, RateProfile, StreamSpec
 from patternalarm.quality import detection_quality
-from patternalarm.settings import DOMAINS, PROJECT_ROOT
-from tests.conftest import own_topics
+from patternalarm.settings import DOMAINS
+from tests.conftest import own_topics, run_stream_available_now
 from tests.hostile import hostile_messages
 
 pytestmark = pytest.mark.integration
@@ -34,16 +34,6 @@ def valid_events(domain: str, start_ms: int, n: int) -> list[tuple[bytes, bytes]
     stream = DomainStream(StreamSpec(domain, 3, "hostile", start_ms, entities=50,
                                      anomaly_rate=0.0), RateProfile.build(600, count=n))
     return [next(stream)[:2] for _ in range(n)]
-
-
-def run_job(env: dict, query: str, **settings: str) -> subprocess.CompletedProcess:
-    job_env = {**env, **{f"PATTERNALARM_{k.upper()}": v for k, v in settings.items()}}
-    done = subprocess.run(
-        [f"{BIN}/spark-submit", "--master", "local[2]", str(PROJECT_ROOT / "streaming" / "job.py"),
-         "--available-now", "--query-name", query],
-        env=job_env, capture_output=True, text=True, timeout=1500)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
 
 
 def dead_letters(cfg) -> dict[str, dict]:
@@ -95,7 +85,7 @@ def test_hostile_messages_are_dead_lettered_and_valid_traffic_after_them_is_dete
     assert producer.flush(60) == 0
     assert len(sent) == len(DOMAINS) * len(hostile)
 
-    run_job(env, query)
+    run_stream_available_now(env, query)
     letters = dead_letters(cfg)
     for position, (name, reason) in sent.items():
         assert position in letters, f"{name} not dead-lettered"
@@ -111,7 +101,7 @@ def test_hostile_messages_are_dead_lettered_and_valid_traffic_after_them_is_dete
     assert generated.returncode == 0, generated.stderr[-3000:]
     summary = json.loads(generated.stdout)
     # A restart from the checkpoint, in several micro-batches: the watermark moves between them.
-    run_job(env, query, stream_max_offsets_per_trigger="3000")
+    run_stream_available_now(env, query, stream_max_offsets_per_trigger="3000")
 
     with contextlib.closing(db.connect(cfg)) as conn, conn.cursor() as cur:
         cur.execute("""SELECT sum(input_rows), sum(dead_lettered), sum(late_events), count(*)
