@@ -63,7 +63,7 @@ def build_query(spark, cfg: Settings, args: argparse.Namespace):
     detected = (parsed.withWatermark("event_ts", f"{cfg.stream_allowed_lateness_s} seconds")
                 .groupBy("domain", "bucket")
                 .transformWithStateInPandas(Detector(), OUTPUT, "Append", "EventTime"))
-    sink = BatchSink(spark, cfg, args.query_name, args.domains, list(topics))
+    sink = BatchSink(spark, cfg, args.query_name, args.domains)
     writer = (detected.writeStream.queryName(args.query_name)
               .option("checkpointLocation", str(cfg.checkpoint_dir / args.query_name))
               .foreachBatch(sink))

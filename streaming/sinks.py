@@ -115,11 +115,10 @@ def log_line(query_name: str, batch_id: int, metrics: BatchMetrics) -> str:
 class BatchSink:
     """foreachBatch: lake, model scoring, dead letters, then one exactly-once commit."""
 
-    def __init__(self, spark, cfg, query_name: str, domains: list[str], topics: list[str]):
+    def __init__(self, spark, cfg, query_name: str, domains: list[str]):
         from streaming.scoring import ModelWatch
 
         self.spark, self.cfg, self.query_name = spark, cfg, query_name
-        self.topics = topics
         self.watch = ModelWatch(cfg.tracking_uri, domains, cfg.model_refresh_s)
         self.cap_file = cap_path(cfg, query_name)
         self.status_file = source_status_path(cfg, query_name)
