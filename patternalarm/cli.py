@@ -211,6 +211,34 @@ def _stream_status(cfg: settings_mod.Settings) -> int:
     return 0 if stream["pid"] else 1
 
 
+def cmd_cluster(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
+    """A Spark standalone master and workers on this machine, or what jobs ship to one."""
+    from patternalarm import shipping
+    from patternalarm.cluster import Cluster
+
+    cluster = Cluster(cfg)
+    if args.action == "pack":
+        print(f"code: {shipping.build_code(cfg)}\nexecutors' environment: "
+              f"{shipping.build_env(cfg)}")
+        return 0
+    if args.action == "down":
+        stopped = cluster.down()
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        return 0
+    if args.action == "up":
+        started = time.monotonic()
+        url = cluster.up()
+        print(f"cluster healthy in {time.monotonic() - started:.1f}s; submit to it with "
+              f"{settings_mod.env_key('spark_master')}={url}")
+    rows = cluster.status()
+    print(f"{'process':<16} {'state':<10} {'pid':>8} {'rss MB':>8} {'restarts':>8}  url")
+    for row in rows:
+        state = "healthy" if row.healthy else ("starting" if row.running else "stopped")
+        print(f"{row.name:<16} {state:<10} {row.pid or '-':>8} {row.rss_mb:>8.0f} "
+              f"{row.restarts:>8}  {row.url}")
+    return 0 if all(row.healthy for row in rows) else 1
+
+
 def cmd_airflow(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
     """The Airflow CLI with the environment `up` gives Airflow (metadata DB, DAGs, Spark)."""
     import os
@@ -392,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated domains (start)")
     stream.add_argument("--query-name", default="detector",
                         help="checkpoint and ledger name (default: detector)")
+    cluster = sub.add_parser("cluster", help="up | down | status of a Spark standalone "
+                             "cluster on this machine; pack: build what jobs ship to a cluster")
+    cluster.add_argument("action", choices=("up", "down", "status", "pack"))
     generate_cli.add_parser(sub)
     return parser
 
@@ -399,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "config": cmd_config,
             "migrate": cmd_migrate, "api": cmd_api, "generate": cmd_generate,
             "train": cmd_train, "stream": cmd_stream, "demo": cmd_demo,
-            "airflow": cmd_airflow}
+            "airflow": cmd_airflow, "cluster": cmd_cluster}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

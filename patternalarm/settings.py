@@ -66,9 +66,21 @@ class Settings(BaseSettings):
     airflow_scheduler_health_port: Port = 8974
     airflow_admin_user: str = "admin"
 
-    # Spark: the master that SparkSubmitOperator and spark-submit use.
+    # Spark: the master that SparkSubmitOperator and spark-submit use. Any other master than
+    # local[...] gets the code and a Python environment shipped (patternalarm/cluster.py).
     spark_master: str = "local[2]"
     java_home: Path | None = None
+    # Where checkpoints and the lake live (default: var_dir). On a multi-node master every node
+    # must reach it: a network filesystem mounted at the same path (cluster.check_storage).
+    shared_dir: Path | None = None
+    # `patternalarm cluster up`: a Spark standalone master and workers on this machine.
+    cluster_workers: int = Field(2, ge=1, le=16)
+    cluster_worker_cores: int = Field(1, ge=1)
+    cluster_worker_memory: str = Field("1g", pattern=r"^\d+[mg]$")
+    cluster_master_port: Port = 17077
+    cluster_ui_port: Port = 18080
+    # Worker i (from 1) serves its UI on this port + i - 1.
+    cluster_worker_ui_port: Port = 18081
 
     # The scoring API and dashboard (api/, served by uvicorn).
     api_port: Port = 8000
@@ -83,6 +95,9 @@ class Settings(BaseSettings):
     # How far an event_time may run ahead of its broker timestamp before it is a dead letter.
     stream_max_future_skew_s: int = Field(300, ge=0)
     stream_buckets: int = Field(32, ge=1, le=4096)
+    # An entity with no event for this long (event time) leaves the stream's state: its
+    # baselines start again if it comes back. Above the longest feature window (1 h).
+    stream_entity_idle_s: int = Field(6 * 3600, ge=3600)
     stream_scorer: Literal["local", "spark"] = "local"
     stream_postgres_retry_s: float = Field(120.0, ge=0)
     model_refresh_s: float = Field(5.0, gt=0)
@@ -97,7 +112,7 @@ class Settings(BaseSettings):
     # non-loopback BIND_HOST takes this explicit consent. Last field: its check reads the others.
     allow_unauthenticated_network: bool = False
 
-    @field_validator("kafka_bootstrap_servers", "mlflow_tracking_uri", mode="before")
+    @field_validator("kafka_bootstrap_servers", "mlflow_tracking_uri", "shared_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -133,10 +148,10 @@ class Settings(BaseSettings):
                 f"that, or bind to 127.0.0.1")
         return allowed
 
-    @field_validator("var_dir", mode="after")
+    @field_validator("var_dir", "shared_dir", mode="after")
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
 
     # Derived names, kept here so every layer agrees on them.
     def events_topic(self, domain: str) -> str:
@@ -156,11 +171,11 @@ class Settings(BaseSettings):
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.var_dir / "checkpoints"
+        return (self.shared_dir or self.var_dir) / "checkpoints"
 
     @property
     def lake_dir(self) -> Path:
-        return self.var_dir / "lake"
+        return (self.shared_dir or self.var_dir) / "lake"
 
     @property
     def embedded_postgres(self) -> bool:
