@@ -250,9 +250,10 @@ def cmd_airflow(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
     os.execve(argv[0], argv, {**os.environ, **airflow_env(cfg)})
 
 
-# How `demo` trains a domain without a champion (tests/integration/test_demo_quality.py runs the
-# same): promoted only if its incident precision on a replay at the live anomaly rate reaches
-# the target, else the domain runs on rules only.
+# How `demo` trains the domains without a champion, all in one job (--domain a,b,c;
+# tests/integration/test_demo_quality.py runs the same): each promoted only if its incident
+# precision on a replay at the live anomaly rate reaches the target, else the domain runs on
+# rules only.
 DEMO_TRAINING = ("--source", "bootstrap", "--promote", "--json")
 
 
@@ -270,9 +271,7 @@ def cmd_demo(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
     with stages.stage("services") as stage:
         stack.up()
         stage.note(", ".join(spec.name for spec in stack.specs()) + ": healthy")
-    for domain in settings_mod.DOMAINS:
-        with stages.stage(f"model {domain}") as stage:
-            _demo_model(cfg, supervisor, domain, stage)
+    _demo_models(cfg, supervisor, stages)
     traffic = traffic_spec(cfg, args.minutes)
     with stages.stage("traffic") as stage:
         supervisor.stop(traffic)
@@ -299,28 +298,70 @@ Pipeline running ({time.monotonic() - began:.0f}s to here):
     return 0
 
 
-def _demo_model(cfg, supervisor, domain: str, stage) -> None:
-    """Train and promote `domain`'s bootstrap model unless a champion exists; quietly."""
+def _demo_models(cfg, supervisor, stages) -> None:
+    """Train and promote the bootstrap model of every domain without a champion, quietly: one
+    Spark job for all of them (one JVM start-up, not three), a stage per domain that ends when
+    the job prints that domain's result."""
+    from patternalarm.services import has_champion
+
+    untrained = [d for d in settings_mod.DOMAINS if not has_champion(cfg, d)]
+    job = _start_training(cfg, supervisor, untrained) if untrained else None
+    try:
+        for domain in settings_mod.DOMAINS:
+            with stages.stage(f"model {domain}") as stage:
+                if domain not in untrained:
+                    stage.note("champion already registered")
+                    continue
+                stage.note("training the bootstrap model (Spark MLlib; log "
+                           f"{supervisor.log_path('train-bootstrap')})")
+                result = _model_result(job, supervisor.log_path("train-bootstrap"), domain)
+                _model_note(stage, domain, result, supervisor)
+    except BaseException:
+        if job:
+            job.terminate()
+        raise
+    finally:
+        if job:
+            job.wait()
+
+
+def _start_training(cfg, supervisor, domains: list[str]):
     import os
     import subprocess
 
-    from patternalarm.services import has_champion, spark_submit
+    from patternalarm.services import spark_submit
 
-    if has_champion(cfg, domain):
-        stage.note("champion already registered")
-        return
-    log = supervisor.log_path(f"train-{domain}")
-    stage.note(f"training the bootstrap model (Spark MLlib; log {log})")
     argv, env = spark_submit(cfg, "spark_jobs/train_model.py", *DEMO_TRAINING,
-                             "--domain", domain)
+                             "--domain", ",".join(domains))
+    log = supervisor.log_path("train-bootstrap")
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
-        code = subprocess.run(argv, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
-                              stdout=out, stderr=subprocess.STDOUT).returncode
-    summary = _last_json(log) if code == 0 else None
-    if summary is None:
-        stage.fail(f"training failed (exit {code}); the stream runs rules only for {domain}",
-                   f"last lines of {log}:\n{supervisor.tail(f'train-{domain}')}")
+        return subprocess.Popen(argv, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def _model_result(job, log, domain: str) -> dict:
+    """The job's JSON line for `domain`, once printed; a failure line if the job ended first."""
+    import contextlib
+
+    while True:
+        ended = job.poll() is not None
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(json.JSONDecodeError):
+                    result = json.loads(line)
+                    if result.get("domain") == domain:
+                        return result
+        if ended:
+            return {"error": f"exit {job.returncode} before its result"}
+        time.sleep(0.5)
+
+
+def _model_note(stage, domain: str, summary: dict, supervisor) -> None:
+    if "error" in summary:
+        stage.fail(f"training failed ({summary['error'][:200]}); the stream runs rules only "
+                   f"for {domain}", f"last lines of {supervisor.log_path('train-bootstrap')}:\n"
+                   f"{supervisor.tail('train-bootstrap')}")
         return
     replay = summary.get("replay_model_precision")
     stage.note(f"v{summary['version']} {summary.get('alias') or 'registered'}, "
@@ -328,17 +369,6 @@ def _demo_model(cfg, supervisor, domain: str, stage) -> None:
                + (f", incident precision {replay:.3f} at the live rate" if replay else "")
                + ("" if summary.get("alias") == "champion" else
                   f"; not promoted ({summary.get('promotion_reason')}): rules only"))
-
-
-def _last_json(path) -> dict | None:
-    lines = path.read_text(errors="replace").splitlines()
-    for line in reversed(lines):
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                return None
-    return None
 
 
 def _wait_for(probe, supervisor, name: str, timeout_s: float):

@@ -4,11 +4,14 @@ time-ordered holdout, log everything to MLflow and register it (optionally promo
     spark-submit spark_jobs/train_model.py --input data.parquet --label is_fraud \\
         --model-name my-model [--time-col ts] [--features a,b,c] [--promote] [--json]
     spark-submit spark_jobs/train_model.py --source bootstrap --domain payments --promote
+    spark-submit spark_jobs/train_model.py --source bootstrap --domain payments,gaming,iot
 
 Sources: ``file`` (any labelled CSV/Parquet file or directory), ``lake`` (feature rows logged by
 the stream joined with labels) and ``bootstrap`` (generator events run through the shared
 feature code); the last two come from ``models.training_data.load_training_set``, which returns
-the feature columns, ``label`` (0/1) and ``event_time`` (epoch ms).
+the feature columns, ``label`` (0/1) and ``event_time`` (epoch ms). Several domains train one
+after the other in one Spark session (one JVM start-up instead of one per model), each with its
+own result: one failing does not stop the next.
 
 Exit codes: 0 trained; 2 bad input or arguments, found before any Spark work; 3 the data failed
 the Great Expectations gate (report logged to MLflow) or cannot be split in time; 1 other errors.
@@ -62,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train_model", description=__doc__.split("\n\n")[0])
     src = p.add_argument_group("input")
     src.add_argument("--source", choices=("file", "lake", "bootstrap"), default="file")
-    src.add_argument("--domain", choices=settings_mod.DOMAINS,
-                     help="domain of the features; names the model patternalarm-<domain>")
+    src.add_argument("--domain", help=f"domain of the features "
+                                      f"({'|'.join(settings_mod.DOMAINS)}); names the model "
+                                      "patternalarm-<domain>; lake and bootstrap take a "
+                                      "comma-separated list, one model each")
     src.add_argument("--input", help="labelled CSV/Parquet file or directory (source file)")
     src.add_argument("--label", help="label column, 0/1 or boolean (source file)")
     src.add_argument("--time-col", help=f"event time, epoch ms or a timestamp (default: {TIME} "
@@ -103,24 +108,34 @@ def build_parser() -> argparse.ArgumentParser:
                     help="alias the new version champion if it beats the champion, "
                          "else challenger")
     ev.add_argument("--json", action="store_true",
-                    help="print the metrics as one JSON object on the last line")
+                    help="print the metrics as one JSON object per model, on a line of its "
+                         "own as soon as the model is done")
     return p
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    args.domains = [d.strip() for d in (args.domain or "").split(",") if d.strip()]
+    unknown = [d for d in args.domains if d not in settings_mod.DOMAINS]
+    if unknown:
+        raise InputError(f"unknown domain {unknown}; choose from {list(settings_mod.DOMAINS)}")
+    if len(args.domains) > 1 and (args.source == "file" or args.model_name or args.features):
+        raise InputError("several domains take --source lake or bootstrap, and neither "
+                         "--model-name nor --features (each domain has its own)")
+    args.domain = args.domains[0] if len(args.domains) == 1 else None
     if args.source == "file":
         if not args.input or not args.label:
             raise InputError("--source file needs --input and --label")
     else:
-        if not args.domain:
+        if not args.domains:
             raise InputError(f"--source {args.source} needs --domain")
         if importlib.util.find_spec("models.training_data") is None:
             raise InputError(f"source {args.source} needs models/training_data.py, "
                              "which is not installed")
-    if not args.model_name and not args.domain:
+    if not args.model_name and not args.domains:
         raise InputError("give --model-name (or --domain for patternalarm-<domain>)")
-    args.model_name = args.model_name or f"patternalarm-{args.domain}"
+    if len(args.domains) <= 1:
+        args.model_name = args.model_name or f"patternalarm-{args.domain}"
     if not 0.0 < args.holdout_fraction < 1.0:
         raise InputError("--holdout-fraction must be between 0 and 1")
     if not 0.0 < args.target_precision <= 1.0:
@@ -551,6 +566,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     owned = SparkSession.getActiveSession() is None
     spark = get_spark("patternalarm-train")
     try:
+        codes = [_train_one(spark, run_args, spec) for run_args in _runs(args)]
+    finally:
+        if owned:
+            spark.stop()
+    return next((code for code in codes if code), 0)
+
+
+def _runs(args: argparse.Namespace) -> list[argparse.Namespace]:
+    """One set of arguments per model: the same but for the domain and the model name."""
+    if len(args.domains) <= 1:
+        return [args]
+    return [argparse.Namespace(**{**vars(args), "domain": d, "domains": [d],
+                                  "model_name": f"patternalarm-{d}"}) for d in args.domains]
+
+
+def _train_one(spark, args: argparse.Namespace, spec: FileInput | None) -> int:
+    """Train one model and print its summary; returns its exit code."""
+    try:
         if spec is not None:
             df, features = load_file(spark, spec), spec.features
             source_params = {"input": spec.path, "label_column": spec.label,
@@ -568,17 +601,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = train(spark, args, df, features, source_params)
     except DataRejected as exc:
         print(f"train_model: data rejected: {exc}", file=sys.stderr)
-        return EXIT_DATA_REJECTED
-    finally:
-        if owned:
-            spark.stop()
+        return _failed(args, EXIT_DATA_REJECTED, f"data rejected: {exc}")
+    except Exception as exc:
+        # Caught, not raised: the next domain of the same run still trains.
+        log.exception("training %s failed", args.model_name)
+        return _failed(args, 1, f"{type(exc).__name__}: {exc}")
 
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps({"domain": args.domain, **summary}), flush=True)
     else:
         for key, value in summary.items():
-            print(f"{key:<24} {value}")
+            print(f"{key:<24} {value}", flush=True)
     return 0
+
+
+def _failed(args: argparse.Namespace, code: int, reason: str) -> int:
+    if args.json:
+        # A caller following the output (`patternalarm demo`) learns that this model is done.
+        print(json.dumps({"domain": args.domain, "model_name": args.model_name,
+                          "exit_code": code, "error": reason}), flush=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -85,6 +85,9 @@ def test_missing_file(no_java, tmp_path, capsys):
     (["--input", "x.csv", "--label", "y"], "--model-name"),
     (["--label", "y", "--model-name", "m"], "needs --input and --label"),
     (["--source", "lake", "--model-name", "m"], "needs --domain"),
+    (["--source", "bootstrap", "--domain", "iot,mars"], "unknown domain ['mars']"),
+    (["--input", "x", "--label", "y", "--domain", "iot,gaming"], "several domains"),
+    (["--source", "lake", "--domain", "iot,gaming", "--model-name", "m"], "several domains"),
     (["--input", "x", "--label", "y", "--model-name", "m", "--holdout-fraction", "1"],
      "--holdout-fraction"),
 ])
@@ -120,6 +123,13 @@ def test_domain_names_the_model():
     args = job.parse_args(["--input", "x", "--label", "y", "--domain", "iot",
                            "--features", "a, b"])
     assert args.model_name == "patternalarm-iot" and args.features == ["a", "b"]
+
+
+def test_several_domains_train_one_model_each():
+    args = job.parse_args(["--source", "bootstrap", "--domain", "payments, iot", "--promote"])
+    runs = job._runs(args)
+    assert [(r.domain, r.model_name, r.promote) for r in runs] == [
+        ("payments", "patternalarm-payments", True), ("iot", "patternalarm-iot", True)]
 
 
 def test_csv_types_come_from_the_whole_file(tmp_path):
