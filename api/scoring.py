@@ -46,7 +46,8 @@ def _event_features(item: PredictRequest, names: Sequence[str], loc: tuple) -> l
     engine = feature_engines.ENGINES[item.domain]
     events = sorted(item.events, key=lambda e: e["event_time"])
     columns = [[e["payload"].get(field) for e in events] for field in engine.inputs]
-    vectors = feature_engines.fold(item.domain, {}, [e["entity_id"] for e in events],
+    vectors = feature_engines.fold(item.domain, feature_engines.new_state(item.domain),
+                                   [e["entity_id"] for e in events],
                                    [e["event_time"] for e in events], columns)
     computed = dict(zip(engine.names, vectors[-1].tolist(), strict=True))
     missing = [n for n in names if n not in computed]

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models.features import ENGINES, fold  # noqa: E402
+from models.features import ENGINES, fold, new_state  # noqa: E402
 from models.incidents import Incident  # noqa: E402
 from models.rules import fired  # noqa: E402
 from patternalarm import db, kafka  # noqa: E402
@@ -144,7 +144,7 @@ def baseline(cfg, per_min: float, seconds: float) -> dict:
     consumer = kafka.consumer(step_cfg, f"baseline-{prefix}",
                               **{"auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})
     consumer.subscribe(list(topics))
-    states: dict[str, dict] = {d: {} for d in DOMAINS}
+    states = {d: new_state(d) for d in DOMAINS}
     done, batch_id, latencies = 0, 0, []
     started = time.perf_counter()
     with contextlib.closing(db.connect(cfg)) as conn:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from models.features import ENGINES, FEATURES, fold
+from models.features import ENGINES, FEATURES, State, fold, new_state
 from models.incidents import (
     MODEL_WINDOW_S,
     Incident,
@@ -112,8 +112,12 @@ class OfflineDetector:
     scorer: object | None = None            # LocalScorer with the version's threshold
     model_name: str | None = None           # default: the domain's registered model
     model_version: str | None = None
-    states: dict = field(default_factory=dict)
+    state: State | None = None              # the features' per-entity state (default: empty)
     silent: dict = field(default_factory=dict)  # entity -> last event time already reported
+
+    def __post_init__(self) -> None:
+        if self.state is None:
+            self.state = new_state(self.domain)
 
     def detect(self, events: pd.DataFrame) -> Detection:
         engine = ENGINES[self.domain]
@@ -121,17 +125,17 @@ class OfflineDetector:
                                      ignore_index=True)
         entities = ordered["entity_id"].to_numpy()
         times = ordered["event_time"].to_numpy(dtype=np.int64)
-        before = {e: s["last_t"] for e in np.unique(entities)
-                  if (s := self.states.get(e)) and "last_t" in s}
-        matrix = fold(self.domain, self.states, entities.tolist(), times.tolist(),
-                      [ordered[c].tolist() if c in ordered else [None] * len(ordered)
+        first = np.r_[True, entities[1:] != entities[:-1]] if len(entities) else []
+        before = self.state.last_t_of(entities[first])
+        matrix = fold(self.domain, self.state, entities, times,
+                      [ordered[c].to_numpy() if c in ordered else [None] * len(ordered)
                        for c in engine.inputs])
         event_ids = ordered["event_id"].to_numpy()
         found = [Incident(self.domain, entities[row], rule.detector, "rule", window,
                           rule.severity, int(times[row]), int(times[row]),
                           evidence={"values": values, "event_id": event_ids[row]})
                  for row, rule, window, values in hits(self.domain, times, matrix)]
-        found += self._gaps(entities, times, before)
+        found += self._gaps(entities, times, first, before)
         scores = np.full(len(ordered), np.nan)
         label = np.zeros(len(ordered), dtype=bool)
         if self.scorer is not None and len(ordered):
@@ -144,7 +148,8 @@ class OfflineDetector:
         scored = ordered[["entity_id", "event_id", "event_time"]].assign(score=scores, hit=label)
         return Detection(merge_same_key(found), scored)
 
-    def _gaps(self, entities: np.ndarray, times: np.ndarray, before: dict) -> list[Incident]:
+    def _gaps(self, entities: np.ndarray, times: np.ndarray, first: np.ndarray,
+              before: np.ndarray) -> list[Incident]:
         """Silences closed by a later event: what the stream's timer raises once the watermark
         passes the last event before the gap."""
         if self.domain not in ABSENCE_AFTER_S or not len(times):
@@ -152,8 +157,7 @@ class OfflineDetector:
         absence_ms = int(ABSENCE_AFTER_S[self.domain] * 1000)
         previous = np.empty(len(times), dtype=np.float64)
         previous[1:] = times[:-1]
-        first = np.r_[True, entities[1:] != entities[:-1]]
-        previous[first] = [before.get(e, np.nan) for e in entities[first]]
+        previous[first] = before  # each entity's newest time before these events, or NaN
         quiet = np.flatnonzero(times - previous >= absence_ms)
         return [self._silence(entities[i], int(previous[i]), absence_ms) for i in quiet
                 if self.silent.get(entities[i]) != int(previous[i])]
@@ -168,9 +172,10 @@ class OfflineDetector:
     def close(self, watermark_ms: int | None = None) -> list[Incident]:
         """Silences still open at the end: entities whose last event is ``ABSENCE_AFTER_S``
         older than the watermark (default: the newest event seen)."""
-        if self.domain not in ABSENCE_AFTER_S or not self.states:
+        if self.domain not in ABSENCE_AFTER_S or not len(self.state):
             return []
-        lasts = {e: s["last_t"] for e, s in self.states.items() if "last_t" in s}
+        lasts = dict(zip(self.state.entity_ids.tolist(), self.state.last_t.tolist(),
+                         strict=True))
         watermark = max(lasts.values()) if watermark_ms is None else watermark_ms
         absence_ms = int(ABSENCE_AFTER_S[self.domain] * 1000)
         return [self._silence(e, last, absence_ms) for e, last in lasts.items()

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from models.features import ENGINES, FEATURES, compute, fold
+from models.features import ENGINES, FEATURES, compute, fold, new_state
 
 T0 = 1_700_000_000_000
 
@@ -58,9 +58,9 @@ def test_streaming_in_pieces_equals_one_pass():
              40.0 + i * 0.01, -70.0, "pos" if i % 2 else "ecom") for i in range(60)]
     events = payments(rows)
     whole = compute("payments", events)
-    states = {}
-    parts = [compute("payments", events.iloc[a:b], states) for a, b in ((0, 17), (17, 40),
-                                                                          (40, 60))]
+    state = new_state("payments")
+    parts = [compute("payments", events.iloc[a:b], state) for a, b in ((0, 17), (17, 40),
+                                                                         (40, 60))]
     pd.testing.assert_frame_equal(pd.concat(parts), whole)
 
 
@@ -122,7 +122,7 @@ def test_iot_drift_grows_as_the_level_walks_away():
 
 def test_fold_rejects_misaligned_columns():
     with pytest.raises(ValueError):
-        fold("iot", {}, ["d1", "d1"], [T0, T0 + 1], [[1.0], [None, None]])
+        fold("iot", new_state("iot"), ["d1", "d1"], [T0, T0 + 1], [[1.0], [None, None]])
 
 
 def test_windows_hold_at_most_their_cap():
