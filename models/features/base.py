@@ -45,9 +45,9 @@ def floats(column: Sequence) -> np.ndarray:
 
 
 def truthy(column: Sequence) -> np.ndarray:
-    """1.0 where the value is true, else 0.0 (a missing value is false)."""
+    """1 where the value is true, else 0 (a missing value is false)."""
     values = floats(column)
-    return ((values != 0) & ~np.isnan(values)).astype(np.float64)
+    return ((values != 0) & ~np.isnan(values)).astype(np.int8)
 
 
 def or_zero(column: Sequence) -> np.ndarray:
@@ -58,12 +58,35 @@ def or_zero(column: Sequence) -> np.ndarray:
 
 def texts(column: Sequence) -> np.ndarray:
     """Strings as objects, "" for a missing one."""
-    values = pd.Series(column, dtype=object)
-    return values.where(values.notna(), "").to_numpy(dtype=object)
+    values = np.asarray(column, dtype=object)
+    missing = pd.isna(values)
+    if missing.any():
+        values = values.copy()
+        values[missing] = ""
+    return values
 
 
 def hashes(column: Sequence) -> np.ndarray:
-    """A stable 64-bit hash of each string ("" when missing): windows keep these, not text.
-    Stable across processes (pickled state moves between Spark workers); a collision between
-    two of one entity's values in a window has a chance of about 2^-64."""
-    return pd.util.hash_array(texts(column)).view(np.int64)
+    """A 64-bit hash of each string ("" when missing): windows keep these, not text. The same
+    in every process (pickled state moves between Spark workers); two of an entity's values in
+    one window collide with a chance of about 2^-64."""
+    values = texts(column).astype(str)
+    if not len(values):
+        return np.empty(0, dtype=np.int64)
+    return _fnv1a(values.view(np.uint32).reshape(len(values), -1))
+
+
+@kernel
+def _fnv1a(code_points):
+    out = np.empty(len(code_points), np.int64)
+    for i in range(len(code_points)):
+        h = np.uint64(14695981039346656037)
+        for c in code_points[i]:
+            if c == 0:  # numpy pads shorter strings with NULs
+                break
+            h = (h ^ np.uint64(c)) * np.uint64(1099511628211)
+        # splitmix64's finaliser: FNV's low bits, which index the windows' hash tables, mix badly
+        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        out[i] = np.int64(h ^ (h >> np.uint64(31)))
+    return out

@@ -137,7 +137,7 @@ ENGINE = Engine(
     "gaming", ("action", "speed", "reaction_ms", "hit", "headshot", "resource_gain"), _NAMES,
     scalars={"last_t": (np.int64, NO_TIME),
              "typical_speed": (np.float64, np.nan)},   # EWMA of move speeds; NaN until one
-    tails={"shots": {"t": np.int64, "hit": np.float64, "headshot": np.float64,
+    tails={"shots": {"t": np.int64, "hit": np.int8, "headshot": np.int8,
                      "reaction": np.float64},
            "moves": {"t": np.int64, "speed": np.float64},
            "loot": {"t": np.int64, "gain": np.float64}},

@@ -7,9 +7,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 
-from models.features.base import Engine, floats, hashes, kernel, texts
+from models.features.base import Engine, floats, hashes, kernel
 from models.features.state import NO_TIME, State, ranges
 
 SMALL_CHARGE = 3.0      # card-testing charges stay under a few units
@@ -29,20 +28,47 @@ def _km(lat1, lon1, lat2, lon2):
 
 
 @kernel
+def _slots(hashes, lo, hi, keys, used, slots):
+    """slots[k] for k in [lo, hi): one slot of the open-addressing table `keys` (its size a
+    power of two, at least twice the entries it will hold) per distinct hash."""
+    mask = len(keys) - 1
+    for k in range(lo, hi):
+        h = hashes[k]
+        i = h & mask
+        while used[i] and keys[i] != h:
+            i = (i + 1) & mask
+        used[i] = True
+        keys[i] = h
+        slots[k] = i
+
+
+@kernel
 def _fold(starts, rows, times, amount, lat, lon, ecom,
           last_t, seen, n_amounts, mean, m2, typical, small_t, geo_lat, geo_lon, geo_t,
-          recent_t, recent_small, country, merchant, offsets, tail_lengths, n_countries,
-          n_merchants, out, window_start):
+          recent_t, recent_small, country_hash, merchant_hash, offsets, tail_lengths,
+          out, window_start):
     # The last hour's payments (at most _RECENT) are `recent`; the shorter windows are its
     # suffixes. Times never decrease within an entity (late events are folded at the newest
     # time), so every window is a range [lo, p) whose ends only move forward; distinct
-    # countries and merchants are kept as counts per value code.
-    country_count = np.zeros(n_countries, np.int64)
-    merchant_count = np.zeros(n_merchants, np.int64)
+    # countries and merchants are kept as counts per slot of a hash table local to the entity.
+    longest = 1
+    for g in range(len(rows)):
+        longest = max(longest, offsets[g + 1] - offsets[g])
+    size = 4
+    while size < 4 * longest:  # an entity's countries and merchants share one table
+        size <<= 1
+    keys = np.empty(size, np.int64)
+    used = np.zeros(size, np.bool_)
+    country = np.empty(len(recent_t), np.int64)
+    merchant = np.empty(len(recent_t), np.int64)
+    country_count = np.zeros(size, np.int64)
+    merchant_count = np.zeros(size, np.int64)
     for g in range(len(rows)):
         r = rows[g]
         lo = lo10 = lo5 = lo1 = offsets[g]
         p = lo + tail_lengths[g]
+        _slots(country_hash, lo, offsets[g + 1], keys, used, country)
+        _slots(merchant_hash, lo, offsets[g + 1], keys, used, merchant)
         countries = merchants = small_5m = 0
         for k in range(lo, p):
             country_count[country[k]] += 1
@@ -126,12 +152,15 @@ def _fold(starts, rows, times, amount, lat, lon, ecom,
             country_count[country[k]] -= 1
         for k in range(lo10, p):
             merchant_count[merchant[k]] -= 1
+        for k in range(offsets[g], p):
+            used[country[k]] = used[merchant[k]] = False
 
 
 def _prepare(columns: list[Sequence]) -> tuple[np.ndarray, ...]:
     amount, country, merchant, lat, lon, channel = columns
     return (floats(amount), floats(lat), floats(lon),
-            (texts(channel) == "ecom").astype(np.float64), hashes(country), hashes(merchant))
+            (np.asarray(channel, dtype=object) == "ecom").astype(np.float64), hashes(country),
+            hashes(merchant))
 
 
 def _run(state: State, rows: np.ndarray, starts: np.ndarray, times: np.ndarray,
@@ -142,15 +171,13 @@ def _run(state: State, rows: np.ndarray, starts: np.ndarray, times: np.ndarray,
     slots = ranges(offsets[:-1] + tail_lengths, np.diff(starts))
     recent["country"][slots] = country
     recent["merchant"][slots] = merchant
-    country_code, countries = pd.factorize(recent["country"])
-    merchant_code, merchants = pd.factorize(recent["merchant"])
     out = np.empty((len(times), len(_NAMES)), dtype=np.float64)
     window_start = np.empty(len(rows), dtype=np.int64)
     s = state.scalars
     _fold(starts, rows, times, amount, lat, lon, ecom, s["last_t"], s["seen"], s["n_amounts"],
           s["mean"], s["m2"], s["typical"], s["small_t"], s["geo_lat"], s["geo_lon"],
-          s["geo_t"], recent["t"], recent["small"], country_code, merchant_code, offsets,
-          tail_lengths, len(countries), len(merchants), out, window_start)
+          s["geo_t"], recent["t"], recent["small"], recent["country"], recent["merchant"],
+          offsets, tail_lengths, out, window_start)
     tails.put(rows, recent, window_start, offsets[1:])
     return out
 
@@ -164,6 +191,6 @@ ENGINE = Engine(
              "small_t": (np.int64, NO_TIME),         # the last small charge
              "geo_lat": (np.float64, np.nan), "geo_lon": (np.float64, np.nan),
              "geo_t": (np.int64, NO_TIME)},          # the last located payment
-    tails={"recent": {"t": np.int64, "small": np.int64, "country": np.int64,
+    tails={"recent": {"t": np.int64, "small": np.int8, "country": np.int64,
                       "merchant": np.int64}},
     prepare=_prepare, run=_run)
