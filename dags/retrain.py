@@ -1,7 +1,8 @@
 """
 ### Retrain a domain's model (daily, or on demand)
 
-`validate_params` → `check_training_inputs` → `train` (spark-submit `spark_jobs/train_model.py`)
+`validate_params` → `check_training_inputs` → `train` (spark-submit `spark_jobs/train_model.py`;
+on a cluster master with the project's code and Python environment shipped)
 → `report_decision` → `promote_or_keep` → `promoted` | `kept`
 
 - **train** builds the training set (source `lake`: feature rows the stream logged, labelled by
@@ -27,9 +28,9 @@ from airflow import DAG
 from airflow.decorators import task
 from airflow.models.param import Param
 from airflow.operators.empty import EmptyOperator
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from pa_airflow.defaults import DEFAULT_ARGS, DOMAIN_LIST, START
 from pa_airflow.operators import ValidateParamsOperator
+from pa_airflow.spark import ShippedSparkSubmitOperator
 from pa_airflow.validation import SOURCES, check_retrain
 
 TRAIN_JOB = Path(__file__).resolve().parent.parent / "spark_jobs" / "train_model.py"
@@ -70,7 +71,7 @@ with DAG(
         except MissingInput as exc:
             raise AirflowFailException(str(exc)) from None
 
-    train = SparkSubmitOperator(
+    train = ShippedSparkSubmitOperator(
         task_id="train",
         conn_id="spark_default",
         application=str(TRAIN_JOB),

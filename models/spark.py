@@ -7,7 +7,7 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from patternalarm import java
+from patternalarm import java, shipping
 from patternalarm import settings as settings_mod
 
 
@@ -17,9 +17,12 @@ def get_spark(app_name: str, master: str | None = None, *, ui: bool = False,
 
     Workers must run this interpreter, or the first Python UDF fails with an opaque socket
     timeout; and Spark binds to whatever the hostname resolves to unless SPARK_LOCAL_IP is set.
-    A laptop's few cores gain nothing from the default 200 shuffle partitions.
+    A laptop's few cores gain nothing from the default 200 shuffle partitions. On a master
+    whose executors run on other machines, checkpoints and the lake must be where they all
+    reach: refused at start otherwise (shipping.check_storage).
     """
     cfg = settings_mod.get()
+    shipping.check_storage(cfg, master or cfg.spark_master)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", cfg.bind_host)

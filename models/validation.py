@@ -11,14 +11,17 @@ column names (ranges of its features), validated together with the generic suite
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources.abc import Traversable
 
 from pyspark.sql import DataFrame
 
-SUITES_DIR = Path(__file__).resolve().parent / "expectations"
+# A resource, not a path beside __file__: on a cluster the driver imports this module from the
+# shipped code zip (patternalarm/shipping.py).
+SUITES_DIR = importlib.resources.files(__package__) / "expectations"
 GENERIC_SUITE = "training"
 
 
@@ -30,7 +33,7 @@ class GateResult:
     report: dict         # GX's full validation results, one entry per suite
 
 
-def suite_paths(domain: str | None) -> list[Path]:
+def suite_paths(domain: str | None) -> list[Traversable]:
     paths = [SUITES_DIR / f"{GENERIC_SUITE}.json"]
     if domain and (SUITES_DIR / f"{domain}.json").exists():
         paths.append(SUITES_DIR / f"{domain}.json")

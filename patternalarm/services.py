@@ -286,8 +286,10 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "PYSPARK_DRIVER_PYTHON": sys.executable,
         **java_env,
         "SPARK_LOCAL_IP": settings.bind_host,
-        # Tasks must see the same PatternAlarm settings as the CLI that started Airflow.
+        # Tasks must see the same PatternAlarm settings as the CLI that started Airflow, the
+        # master above included (what a task ships depends on it).
         env_key("var_dir"): str(settings.var_dir),
+        env_key("spark_master"): settings.spark_master,
     }
 
 
@@ -386,12 +388,16 @@ def api_spec(settings: Settings) -> ProcessSpec:
 def spark_submit(settings: Settings, script: str, *args: str) -> tuple[list[str], dict[str, str]]:
     """argv and environment of `spark-submit <repo>/<script> args` on the configured master.
 
-    Workers must run this interpreter, and Spark binds where the hostname resolves unless told;
-    the PatternAlarm settings reach the job through the inherited environment.
+    Local workers must run this interpreter (a cluster's run the shipped one, see
+    patternalarm/shipping.py), and Spark binds where the hostname resolves unless told; the
+    PatternAlarm settings reach the job through the inherited environment.
     """
+    from patternalarm import shipping
+
     argv = [str(VENV_BIN / "spark-submit"), "--master", settings.spark_master,
             "--conf", "spark.ui.showConsoleProgress=false", "--conf", "spark.log.level=WARN",
             "--driver-java-options", f"-Dlog4j2.configurationFile={SPARK_LOG4J}",
+            *shipping.submit_args(settings, settings.spark_master),
             str(PROJECT_ROOT / script), *args]
     env = {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
            "SPARK_LOCAL_IP": settings.bind_host, "JAVA_HOME": str(java.find(settings)),

@@ -3,6 +3,7 @@ its own var dir (removed afterwards) on free ports: a developer's running stack 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -10,17 +11,19 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from patternalarm import kafka
+from patternalarm import db, kafka
 from patternalarm import settings as settings_mod
 from patternalarm.settings import PROJECT_ROOT, Settings, env_key
 
 _PORT_FIELDS = ("postgres_port", "broker_port", "s3_port", "mlflow_port", "airflow_port",
-                "airflow_scheduler_health_port", "api_port")
+                "airflow_scheduler_health_port", "api_port", "cluster_master_port",
+                "cluster_ui_port", "cluster_worker_ui_port")
 
 
 def wait_until(condition, timeout_s: float = 10.0) -> None:
@@ -107,16 +110,44 @@ def clean_settings_env(monkeypatch, tmp_path):
 
 
 def run_stream_available_now(env: dict[str, str], query: str, *args: str,
-                              **settings: str) -> subprocess.CompletedProcess:
-    """spark-submit streaming/job.py --available-now under `env` (plus PATTERNALARM_<settings>);
-    asserts that it ended well."""
+                             master: str = "local[2]",
+                             **settings: str) -> subprocess.CompletedProcess:
+    """spark-submit streaming/job.py --available-now to `master` (a cluster gets the code and
+    environment shipped) under `env` (plus PATTERNALARM_<settings>); asserts that it ended
+    well."""
+    from patternalarm import shipping
+
     job_env = {**env, **{env_key(k): v for k, v in settings.items()}}
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]",
+        [str(Path(sys.executable).parent / "spark-submit"), "--master", master,
+         *shipping.submit_args(settings_mod.get(), master),
          str(PROJECT_ROOT / "streaming" / "job.py"), "--available-now", "--query-name", query,
          *args], env=job_env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
+
+
+INCIDENT_COLUMNS = ("incident_key, domain, entity_id, detector, window_start, severity, "
+                    "event_count, first_event_time, last_event_time")
+
+
+def _in_range(domains: Sequence[str]) -> str:
+    return (f"domain IN ({', '.join(repr(d) for d in domains)}) AND first_event_time >= %s "
+            "AND first_event_time < %s + %s * interval '1 minute'")
+
+
+def incidents(cfg, domains: Sequence[str], since: datetime, minutes: int) -> set[tuple]:
+    """The incidents of `domains` that started in a run's time range."""
+    with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
+        cur.execute(f"SELECT {INCIDENT_COLUMNS} FROM incidents WHERE {_in_range(domains)}",
+                    (since, since, minutes))
+        return set(cur.fetchall())
+
+
+def clear_incidents(cfg, domains: Sequence[str], since: datetime, minutes: int) -> None:
+    """Forget them, so that another run over the same events is compared from nothing."""
+    with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
+        cur.execute(f"DELETE FROM incidents WHERE {_in_range(domains)}", (since, since, minutes))
 
 
 def own_topics(letter: str) -> tuple[Settings, dict[str, str]]:

@@ -1,4 +1,5 @@
-"""Integration fixtures: one local Spark session for the whole test session."""
+"""Integration fixtures: one local Spark session for the whole test session, and a Spark
+standalone cluster (master + 2 workers x 1 core) for the tests that prove the cluster path."""
 
 from __future__ import annotations
 
@@ -16,3 +17,20 @@ def spark() -> Iterator[SparkSession]:
     session = get_spark("patternalarm-tests", "local[2]")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def _cluster_stopped_at_the_end(stack) -> Iterator[None]:
+    from patternalarm.cluster import Cluster
+
+    yield
+    Cluster(stack).down()
+
+
+@pytest.fixture
+def cluster(stack, _cluster_stopped_at_the_end) -> str:
+    """The master URL of the session's cluster: started by its first user (and again after a
+    test that stopped it), left running for the next, stopped with the session."""
+    from patternalarm.cluster import Cluster
+
+    return Cluster(stack).up()
