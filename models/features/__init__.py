@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from models.features import gaming, iot, payments
-from models.features.base import Engine
+from models.features.base import Engine, objects
 from models.features.state import State
 
 __all__ = ["ENGINES", "FEATURES", "Engine", "State", "compute", "fold", "new_state"]
@@ -58,24 +58,25 @@ def fold(domain: str, state: State, entity_ids: Sequence[str], times_ms: Sequenc
     engine = ENGINES[domain]
     if state.domain != domain:
         raise ValueError(f"a {state.domain} state cannot fold {domain} events")
-    ids = np.asarray(entity_ids).astype(str)
+    entities, distinct = pd.factorize(objects(entity_ids))
     times = np.asarray(times_ms, dtype=np.int64)
     columns = list(columns)
-    if len(columns) != len(engine.inputs) or any(len(c) != len(ids) for c in [times, *columns]):
+    if len(columns) != len(engine.inputs) or any(
+            len(c) != len(entities) for c in [times, *columns]):
         raise ValueError(f"{domain}: expected {len(engine.inputs)} input columns of "
-                         f"{len(ids)} values, aligned with the entity ids")
-    if not len(ids):
+                         f"{len(entities)} values, aligned with the entity ids")
+    if not len(entities):
         return np.empty((0, len(engine.names)), dtype=np.float64)
     prepared = engine.prepare(columns)
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    starts = np.flatnonzero(np.r_[True, entities[1:] != entities[:-1]])
     order = None
-    if len(starts) > 1 and not (ids[starts[1:]] > ids[starts[:-1]]).all():
-        order = np.argsort(ids, kind="stable")
-        ids, times = ids[order], times[order]
+    if len(starts) != len(distinct):  # an entity in more than one run
+        order = np.argsort(entities, kind="stable")
+        entities, times = entities[order], times[order]
         prepared = tuple(a[order] for a in prepared)
-        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    rows = state.rows(ids[starts])
-    out = engine.run(state, rows, np.r_[starts, len(ids)], times, *prepared)
+        starts = np.flatnonzero(np.r_[True, entities[1:] != entities[:-1]])
+    rows = state.rows(np.asarray(distinct, dtype=str))
+    out = engine.run(state, rows, np.r_[starts, len(entities)], times, *prepared)
     if order is not None:
         out[order] = out.copy()
     return out

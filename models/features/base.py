@@ -11,10 +11,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-# numba caches compiled kernels next to their source; Spark workers may run the code from a
-# read-only place or a zip, so the cache goes to a writable directory shared by the workers of
-# a machine (compiling all three domains takes a few seconds, loading them ~0.1 s).
-os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "patternalarm-numba"))
+# numba caches compiled kernels next to their source by default; Spark workers may run the
+# code from a read-only place or a zip, so the cache goes to a writable directory that every
+# worker process of a machine shares: compiling the three domains takes 5-12 s once, loading
+# them from the cache about a second per process (benchmarks/RESULTS.md).
+os.environ.setdefault("NUMBA_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"patternalarm-numba-{os.getuid()}"))
 
 from numba import njit  # noqa: E402  (reads NUMBA_CACHE_DIR at import)
 
@@ -56,24 +58,26 @@ def or_zero(column: Sequence) -> np.ndarray:
     return np.where(np.isnan(values), 0.0, values)
 
 
-def texts(column: Sequence) -> np.ndarray:
-    """Strings as objects, "" for a missing one."""
-    values = np.asarray(column, dtype=object)
-    missing = pd.isna(values)
-    if missing.any():
-        values = values.copy()
-        values[missing] = ""
-    return values
+def objects(column: Sequence) -> np.ndarray:
+    # Not np.asarray(column): a list of strings would become a fixed-width unicode array, which
+    # costs more to build than everything the engine does with it.
+    return column if isinstance(column, np.ndarray) else np.array(column, dtype=object)
+
+
+def codes(column: Sequence, known: dict[str, int]) -> np.ndarray:
+    """Each string's code in `known`, 0 for any other value or a missing one."""
+    values, distinct = pd.factorize(objects(column))
+    table = np.array([known.get(v, 0) for v in distinct] + [0], dtype=np.int64)
+    return table[values]  # a missing value's -1 picks the trailing 0
 
 
 def hashes(column: Sequence) -> np.ndarray:
     """A 64-bit hash of each string ("" when missing): windows keep these, not text. The same
     in every process (pickled state moves between Spark workers); two of an entity's values in
     one window collide with a chance of about 2^-64."""
-    values = texts(column).astype(str)
-    if not len(values):
-        return np.empty(0, dtype=np.int64)
-    return _fnv1a(values.view(np.uint32).reshape(len(values), -1))
+    values, distinct = pd.factorize(objects(column))
+    text = np.append(np.asarray(distinct, dtype=str), "")  # a missing value's -1 picks ""
+    return _fnv1a(text.view(np.uint32).reshape(len(text), -1))[values]
 
 
 @kernel

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.features.base import Engine, floats, kernel, or_zero, texts, truthy
+from models.features.base import Engine, codes, floats, kernel, or_zero, truthy
 from models.features.state import NO_TIME, State
 
 # Two minutes of shots: long enough for a burst of aimed shots, short enough that an episode's
@@ -105,13 +105,9 @@ def _fold(starts, rows, times, action, speed, has_speed, reaction, hit, headshot
 
 def _prepare(columns: list[Sequence]) -> tuple[np.ndarray, ...]:
     action, speed, reaction, hit, headshot, gain = columns
-    names = texts(action)
-    codes = np.zeros(len(names), dtype=np.int64)
-    for name, code in _ACTIONS.items():
-        codes[names == name] = code
     speeds = floats(speed)
-    return (codes, or_zero(speeds), (~np.isnan(speeds)).astype(np.int64), or_zero(reaction),
-            truthy(hit), truthy(headshot), or_zero(gain))
+    return (codes(action, _ACTIONS), or_zero(speeds), (~np.isnan(speeds)).astype(np.int64),
+            or_zero(reaction), truthy(hit), truthy(headshot), or_zero(gain))
 
 
 def _run(state: State, rows: np.ndarray, starts: np.ndarray, times: np.ndarray,

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.features.base import Engine, floats, hashes, kernel
+from models.features.base import Engine, codes, floats, hashes, kernel
 from models.features.state import NO_TIME, State, ranges
 
 SMALL_CHARGE = 3.0      # card-testing charges stay under a few units
@@ -159,8 +159,7 @@ def _fold(starts, rows, times, amount, lat, lon, ecom,
 def _prepare(columns: list[Sequence]) -> tuple[np.ndarray, ...]:
     amount, country, merchant, lat, lon, channel = columns
     return (floats(amount), floats(lat), floats(lon),
-            (np.asarray(channel, dtype=object) == "ecom").astype(np.float64), hashes(country),
-            hashes(merchant))
+            codes(channel, {"ecom": 1}).astype(np.float64), hashes(country), hashes(merchant))
 
 
 def _run(state: State, rows: np.ndarray, starts: np.ndarray, times: np.ndarray,
