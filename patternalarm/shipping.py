@@ -31,8 +31,8 @@ from patternalarm.settings import PROJECT_ROOT, Settings, env_key
 
 # What executor-side code imports (source and parse, the stateful detector, training's pandas
 # functions) beyond the Python side of Spark, which each node's Spark puts on the path.
-EXECUTOR_REQUIREMENTS = ("numpy", "pandas", "pyarrow", "confluent-kafka", "psycopg2-binary",
-                         "pydantic", "pydantic-settings", "protobuf")
+EXECUTOR_REQUIREMENTS = ("numpy", "numba", "pandas", "pyarrow", "confluent-kafka",
+                         "psycopg2-binary", "pydantic", "pydantic-settings", "protobuf")
 # The importable layers that jobs use (api/ serves HTTP and never runs in Spark).
 SHIPPED_PACKAGES = ("patternalarm", "models", "streaming", "spark_jobs")
 CONSTRAINTS = PROJECT_ROOT / "constraints.txt"
