@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from models.features.base import Engine, codes, floats, hashes, kernel
-from models.features.state import NO_TIME, State, ranges
+from models.features.state import NO_TIME, State, copy_runs
 
 SMALL_CHARGE = 3.0      # card-testing charges stay under a few units
 _HOUR_MS = 3_600_000
@@ -166,10 +166,10 @@ def _run(state: State, rows: np.ndarray, starts: np.ndarray, times: np.ndarray,
          amount: np.ndarray, lat: np.ndarray, lon: np.ndarray, ecom: np.ndarray,
          country: np.ndarray, merchant: np.ndarray) -> np.ndarray:
     tails = state.tails["recent"]
-    recent, offsets, tail_lengths = tails.gather(rows, np.diff(starts))
-    slots = ranges(offsets[:-1] + tail_lengths, np.diff(starts))
-    recent["country"][slots] = country
-    recent["merchant"][slots] = merchant
+    events = np.diff(starts)
+    recent, offsets, tail_lengths = tails.gather(rows, events)
+    for name, values in (("country", country), ("merchant", merchant)):
+        copy_runs(values, starts, recent[name], offsets[:-1] + tail_lengths, events)
     out = np.empty((len(times), len(_NAMES)), dtype=np.float64)
     window_start = np.empty(len(rows), dtype=np.int64)
     s = state.scalars

@@ -11,16 +11,19 @@ from typing import Any
 
 import numpy as np
 
+from models.features.base import kernel
+
 NO_TIME = np.iinfo(np.int64).min  # "never": max(t, NO_TIME) == t, so no branch is needed
 _MIN_ROWS = 64
 
 
-def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The concatenation of arange(s, s + n) for each (s, n): a gather index for runs."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    ends = np.cumsum(lengths)
-    return np.repeat(np.asarray(starts, dtype=np.int64) - (ends - lengths), lengths) \
-        + np.arange(ends[-1] if len(ends) else 0, dtype=np.int64)
+@kernel
+def copy_runs(src, src_starts, dst, dst_starts, lengths):
+    """dst[dst_starts[g]:][:lengths[g]] = src[src_starts[g]:][:lengths[g]] for every g."""
+    for g in range(len(lengths)):
+        s, d = src_starts[g], dst_starts[g]
+        for k in range(lengths[g]):
+            dst[d + k] = src[s + k]
 
 
 class Tails:
@@ -54,26 +57,25 @@ class Tails:
         lengths = self.length[rows]
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(lengths + room, out=offsets[1:])
-        src = ranges(self.start[rows], lengths)
-        dst = ranges(offsets[:-1], lengths)
+        starts = self.start[rows]
         combined = {}
         for name, column in self.columns.items():
-            combined[name] = np.zeros(offsets[-1], dtype=column.dtype)
-            combined[name][dst] = column[src]
+            combined[name] = np.empty(offsets[-1], dtype=column.dtype)
+            copy_runs(column, starts, combined[name], offsets, lengths)
         return combined, offsets, lengths
 
     def put(self, rows: np.ndarray, combined: dict[str, np.ndarray], lo: np.ndarray,
             hi: np.ndarray) -> None:
         """Rows' new tails: combined[lo[g]:hi[g]]."""
         lengths = hi - lo
-        src = ranges(lo, lengths)
-        end = self.used + len(src)
+        starts = self.used + np.cumsum(lengths) - lengths
+        end = self.used + int(lengths.sum())
         if end > len(next(iter(self.columns.values()))):
             self._reserve(max(end, 2 * self.used))
         for name, column in self.columns.items():
-            column[self.used:end] = combined[name][src]
+            copy_runs(combined[name], lo, column, starts, lengths)
         self.live += int(lengths.sum() - self.length[rows].sum())
-        self.start[rows] = self.used + np.cumsum(lengths) - lengths
+        self.start[rows] = starts
         self.length[rows] = lengths
         self.used = end
         if self.used > 2 * self.live + 4096:
@@ -88,10 +90,12 @@ class Tails:
     def compact(self, rows: int) -> None:
         """Live tails only, in row order (the first `rows` rows)."""
         lengths = self.length[:rows]
-        src = ranges(self.start[:rows], lengths)
-        self.columns = {name: column[src] for name, column in self.columns.items()}
-        self.start[:rows] = np.cumsum(lengths) - lengths
-        self.used = self.live = len(src)
+        starts = np.cumsum(lengths) - lengths
+        self.used = self.live = int(lengths.sum())
+        for name, column in self.columns.items():
+            self.columns[name] = np.empty(self.used, dtype=column.dtype)
+            copy_runs(column, self.start[:rows], self.columns[name], starts, lengths)
+        self.start[:rows] = starts
 
     def keep_rows(self, keep: np.ndarray) -> None:
         """Drop the tails of rows not in `keep` (a mask over the rows in use); rows renumber."""
