@@ -36,10 +36,9 @@ _FIRST_FOLD = """
 import sys, time
 sys.path.insert(0, {root!r})
 started = time.perf_counter()
-from models.features import ENGINES, fold, new_state
+from models.features import warm_up
 imported = time.perf_counter()
-for domain, engine in ENGINES.items():
-    fold(domain, new_state(domain), ["e"], [0], [[1.0]] * len(engine.inputs))
+warm_up()
 print(round(imported - started, 2), round(time.perf_counter() - imported, 2))
 """
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.features import ENGINES, compute, fold, new_state
+from models.features import ENGINES, compute, fold, new_state, warm_up
 from models.offline import generate
 from tests import feature_reference
 
@@ -200,3 +200,7 @@ def test_state_pickles_as_flat_arrays():
     blob = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
     # A few arrays, not one object per entity: the pickle is about the arrays' size.
     assert len(blob) < 1.2 * state.nbytes + 4_000
+
+
+def test_warm_up_folds_an_event_of_every_domain():
+    warm_up()  # raises if a kernel does not compile
