@@ -45,12 +45,15 @@ def _slots(hashes, lo, hi, keys, used, slots):
 @kernel
 def _fold(starts, rows, times, amount, lat, lon, ecom,
           last_t, seen, n_amounts, mean, m2, typical, small_t, geo_lat, geo_lon, geo_t,
-          recent_t, recent_small, country_hash, merchant_hash, offsets, tail_lengths,
-          out, window_start):
+          recent_t, country_hash, offsets, tail_lengths,
+          merchant_hash, recent_small, ten_offsets, ten_tail_lengths,
+          out, window_start, ten_window_start):
     # The last hour's payments (at most _RECENT) are `recent`; the shorter windows are its
     # suffixes. Times never decrease within an entity (late events are folded at the newest
     # time), so every window is a range [lo, p) whose ends only move forward; distinct
     # countries and merchants are kept as counts per slot of a hash table local to the entity.
+    # Merchants and small flags are only read in the last ten minutes, so only that suffix of
+    # `recent` keeps them (in arrays of their own: `recent` index k is their index k - shift).
     longest = 1
     for g in range(len(rows)):
         longest = max(longest, offsets[g + 1] - offsets[g])
@@ -60,19 +63,22 @@ def _fold(starts, rows, times, amount, lat, lon, ecom,
     keys = np.empty(size, np.int64)
     used = np.zeros(size, np.bool_)
     country = np.empty(len(recent_t), np.int64)
-    merchant = np.empty(len(recent_t), np.int64)
+    merchant = np.empty(len(merchant_hash), np.int64)
     country_count = np.zeros(size, np.int64)
     merchant_count = np.zeros(size, np.int64)
     for g in range(len(rows)):
         r = rows[g]
-        lo = lo10 = lo5 = lo1 = offsets[g]
+        lo = offsets[g]
         p = lo + tail_lengths[g]
+        lo10 = lo5 = lo1 = p - ten_tail_lengths[g]
+        shift = lo10 - ten_offsets[g]
         _slots(country_hash, lo, offsets[g + 1], keys, used, country)
-        _slots(merchant_hash, lo, offsets[g + 1], keys, used, merchant)
+        _slots(merchant_hash, ten_offsets[g], ten_offsets[g + 1], keys, used, merchant)
         countries = merchants = small_5m = 0
         for k in range(lo, p):
             country_count[country[k]] += 1
             countries += country_count[country[k]] == 1
+        for k in range(lo10 - shift, p - shift):
             merchant_count[merchant[k]] += 1
             merchants += merchant_count[merchant[k]] == 1
             small_5m += recent_small[k]
@@ -95,11 +101,11 @@ def _fold(starts, rows, times, amount, lat, lon, ecom,
             small = a < SMALL_CHARGE and (not has_typical or a < 0.3 * typ)
 
             recent_t[p] = t
-            recent_small[p] = small
+            recent_small[p - shift] = small
             country_count[country[p]] += 1
             countries += country_count[country[p]] == 1
-            merchant_count[merchant[p]] += 1
-            merchants += merchant_count[merchant[p]] == 1
+            merchant_count[merchant[p - shift]] += 1
+            merchants += merchant_count[merchant[p - shift]] == 1
             small_5m += small
             p += 1
             while lo < p - _RECENT or recent_t[lo] < t - _HOUR_MS:
@@ -107,11 +113,11 @@ def _fold(starts, rows, times, amount, lat, lon, ecom,
                 countries -= country_count[country[lo]] == 0
                 lo += 1
             while lo10 < lo or recent_t[lo10] < t - 600_000:
-                merchant_count[merchant[lo10]] -= 1
-                merchants -= merchant_count[merchant[lo10]] == 0
+                merchant_count[merchant[lo10 - shift]] -= 1
+                merchants -= merchant_count[merchant[lo10 - shift]] == 0
                 lo10 += 1
             while lo5 < lo or recent_t[lo5] < t - 300_000:
-                small_5m -= recent_small[lo5]
+                small_5m -= recent_small[lo5 - shift]
                 lo5 += 1
             while lo1 < lo or recent_t[lo1] < t - 60_000:
                 lo1 += 1
@@ -147,13 +153,15 @@ def _fold(starts, rows, times, amount, lat, lon, ecom,
             out[j, 12] = 1.0 if small else 0.0
             out[j, 13] = min(secs_since_small, 86_400.0)
             out[j, 14] = min(history, 1_000)
-        window_start[g] = lo
+        window_start[g], ten_window_start[g] = lo, lo10 - shift
         for k in range(lo, p):
             country_count[country[k]] -= 1
-        for k in range(lo10, p):
+        for k in range(lo10 - shift, p - shift):
             merchant_count[merchant[k]] -= 1
         for k in range(offsets[g], p):
-            used[country[k]] = used[merchant[k]] = False
+            used[country[k]] = False
+        for k in range(ten_offsets[g], p - shift):
+            used[merchant[k]] = False
 
 
 def _prepare(columns: list[Sequence]) -> tuple[np.ndarray, ...]:
@@ -165,19 +173,21 @@ def _prepare(columns: list[Sequence]) -> tuple[np.ndarray, ...]:
 def _run(state: State, rows: np.ndarray, starts: np.ndarray, times: np.ndarray,
          amount: np.ndarray, lat: np.ndarray, lon: np.ndarray, ecom: np.ndarray,
          country: np.ndarray, merchant: np.ndarray) -> np.ndarray:
-    tails = state.tails["recent"]
     events = np.diff(starts)
-    recent, offsets, tail_lengths = tails.gather(rows, events)
-    for name, values in (("country", country), ("merchant", merchant)):
-        copy_runs(values, starts, recent[name], offsets[:-1] + tail_lengths, events)
+    hour, offsets, tail_lengths = state.tails["recent"].gather(rows, events)
+    ten, ten_offsets, ten_tail_lengths = state.tails["recent_10m"].gather(rows, events)
+    copy_runs(country, starts, hour["country"], offsets[:-1] + tail_lengths, events)
+    copy_runs(merchant, starts, ten["merchant"], ten_offsets[:-1] + ten_tail_lengths, events)
     out = np.empty((len(times), len(_NAMES)), dtype=np.float64)
     window_start = np.empty(len(rows), dtype=np.int64)
+    ten_window_start = np.empty(len(rows), dtype=np.int64)
     s = state.scalars
     _fold(starts, rows, times, amount, lat, lon, ecom, s["last_t"], s["seen"], s["n_amounts"],
           s["mean"], s["m2"], s["typical"], s["small_t"], s["geo_lat"], s["geo_lon"],
-          s["geo_t"], recent["t"], recent["small"], recent["country"], recent["merchant"],
-          offsets, tail_lengths, out, window_start)
-    tails.put(rows, recent, window_start, offsets[1:])
+          s["geo_t"], hour["t"], hour["country"], offsets, tail_lengths, ten["merchant"],
+          ten["small"], ten_offsets, ten_tail_lengths, out, window_start, ten_window_start)
+    state.tails["recent"].put(rows, hour, window_start, offsets[1:])
+    state.tails["recent_10m"].put(rows, ten, ten_window_start, ten_offsets[1:])
     return out
 
 
@@ -190,6 +200,7 @@ ENGINE = Engine(
              "small_t": (np.int64, NO_TIME),         # the last small charge
              "geo_lat": (np.float64, np.nan), "geo_lon": (np.float64, np.nan),
              "geo_t": (np.int64, NO_TIME)},          # the last located payment
-    tails={"recent": {"t": np.int64, "small": np.int8, "country": np.int64,
-                      "merchant": np.int64}},
+    tails={"recent": {"t": np.int64, "country": np.int64},
+           # the last ten minutes of `recent`, aligned with its end
+           "recent_10m": {"merchant": np.int64, "small": np.int8}},
     prepare=_prepare, run=_run)
