@@ -115,7 +115,7 @@ def _run(state: State, rows: np.ndarray, starts: np.ndarray, times: np.ndarray,
     windows = {}
     for name, code in (("shots", _SHOOT), ("moves", _MOVE), ("loot", _TAKE_LOOT)):
         room = np.add.reduceat((action == code).astype(np.int64), starts[:-1])
-        windows[name] = state.tails[name].gather(rows, room)
+        windows[name] = state.tails[name].gather(rows, room, state.scalars["last_t"])
     (shots, s_off, s_tail), (moves, m_off, m_tail), (loot, l_off, l_tail) = windows.values()
     out = np.empty((len(times), len(_NAMES)), dtype=np.float64)
     lo = {name: np.empty(len(rows), dtype=np.int64) for name in windows}
@@ -125,7 +125,7 @@ def _run(state: State, rows: np.ndarray, starts: np.ndarray, times: np.ndarray,
           moves["t"], moves["speed"], m_off, m_tail, loot["t"], loot["gain"], l_off, l_tail,
           out, lo["shots"], lo["moves"], lo["loot"])
     for name, (combined, offsets, _) in windows.items():
-        state.tails[name].put(rows, combined, lo[name], offsets[1:])
+        state.tails[name].put(rows, combined, lo[name], offsets[1:], s["last_t"])
     return out
 
 
@@ -133,8 +133,8 @@ ENGINE = Engine(
     "gaming", ("action", "speed", "reaction_ms", "hit", "headshot", "resource_gain"), _NAMES,
     scalars={"last_t": (np.int64, NO_TIME),
              "typical_speed": (np.float64, np.nan)},   # EWMA of move speeds; NaN until one
-    tails={"shots": {"t": np.int64, "hit": np.int8, "headshot": np.int8,
+    tails={"shots": {"t": np.int32, "hit": np.int8, "headshot": np.int8,
                      "reaction": np.float64},
-           "moves": {"t": np.int64, "speed": np.float64},
-           "loot": {"t": np.int64, "gain": np.float64}},
+           "moves": {"t": np.int32, "speed": np.float64},
+           "loot": {"t": np.int32, "gain": np.float64}},
     prepare=_prepare, run=_run)

@@ -174,20 +174,21 @@ def _run(state: State, rows: np.ndarray, starts: np.ndarray, times: np.ndarray,
          amount: np.ndarray, lat: np.ndarray, lon: np.ndarray, ecom: np.ndarray,
          country: np.ndarray, merchant: np.ndarray) -> np.ndarray:
     events = np.diff(starts)
-    hour, offsets, tail_lengths = state.tails["recent"].gather(rows, events)
-    ten, ten_offsets, ten_tail_lengths = state.tails["recent_10m"].gather(rows, events)
+    s = state.scalars
+    hour, offsets, tail_lengths = state.tails["recent"].gather(rows, events, s["last_t"])
+    ten, ten_offsets, ten_tail_lengths = state.tails["recent_10m"].gather(rows, events,
+                                                                           s["last_t"])
     copy_runs(country, starts, hour["country"], offsets[:-1] + tail_lengths, events)
     copy_runs(merchant, starts, ten["merchant"], ten_offsets[:-1] + ten_tail_lengths, events)
     out = np.empty((len(times), len(_NAMES)), dtype=np.float64)
     window_start = np.empty(len(rows), dtype=np.int64)
     ten_window_start = np.empty(len(rows), dtype=np.int64)
-    s = state.scalars
     _fold(starts, rows, times, amount, lat, lon, ecom, s["last_t"], s["seen"], s["n_amounts"],
           s["mean"], s["m2"], s["typical"], s["small_t"], s["geo_lat"], s["geo_lon"],
           s["geo_t"], hour["t"], hour["country"], offsets, tail_lengths, ten["merchant"],
           ten["small"], ten_offsets, ten_tail_lengths, out, window_start, ten_window_start)
-    state.tails["recent"].put(rows, hour, window_start, offsets[1:])
-    state.tails["recent_10m"].put(rows, ten, ten_window_start, ten_offsets[1:])
+    state.tails["recent"].put(rows, hour, window_start, offsets[1:], s["last_t"])
+    state.tails["recent_10m"].put(rows, ten, ten_window_start, ten_offsets[1:], s["last_t"])
     return out
 
 
@@ -200,7 +201,7 @@ ENGINE = Engine(
              "small_t": (np.int64, NO_TIME),         # the last small charge
              "geo_lat": (np.float64, np.nan), "geo_lon": (np.float64, np.nan),
              "geo_t": (np.int64, NO_TIME)},          # the last located payment
-    tails={"recent": {"t": np.int64, "country": np.int64},
+    tails={"recent": {"t": np.int32, "country": np.int64},
            # the last ten minutes of `recent`, aligned with its end
            "recent_10m": {"merchant": np.int64, "small": np.int8}},
     prepare=_prepare, run=_run)

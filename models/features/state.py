@@ -17,6 +17,9 @@ NO_TIME = np.iinfo(np.int64).min  # "never": max(t, NO_TIME) == t, so no branch 
 _MIN_ROWS = 64
 
 
+TIME = "t"  # a tail's time column: ms before the entity's newest event (int32 is enough)
+
+
 @kernel
 def copy_runs(src, src_starts, dst, dst_starts, lengths):
     """dst[dst_starts[g]:][:lengths[g]] = src[src_starts[g]:][:lengths[g]] for every g."""
@@ -26,12 +29,23 @@ def copy_runs(src, src_starts, dst, dst_starts, lengths):
             dst[d + k] = src[s + k]
 
 
+@kernel
+def _copy_times(src, src_starts, dst, dst_starts, lengths, shift):
+    """copy_runs, adding shift[g] to run g's values."""
+    for g in range(len(lengths)):
+        s, d = src_starts[g], dst_starts[g]
+        for k in range(lengths[g]):
+            dst[d + k] = src[s + k] + shift[g]
+
+
 class Tails:
     """Each entity's window tail (its newest entries, oldest first), in flat columns.
 
     A row's tail is columns[start[row]:start[row] + length[row]]. A new tail is written after
     the others and the old one becomes garbage until `compact`, so an update costs the size of
-    the tails it replaces, not of the whole state.
+    the tails it replaces, not of the whole state. Times (column TIME) are stored relative to
+    the entity's newest event (`newest`, the state's last_t), which windows of at most an hour
+    keep within int32; gather and put convert them to and from absolute ms.
     """
 
     def __init__(self, columns: dict[str, Any]):
@@ -47,7 +61,7 @@ class Tails:
             grown[:keep] = getattr(self, name)[:keep]
             setattr(self, name, grown)
 
-    def gather(self, rows: np.ndarray, room: np.ndarray
+    def gather(self, rows: np.ndarray, room: np.ndarray, newest: np.ndarray
                ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         """Per group g (state row rows[g]): its tail followed by room[g] free slots.
 
@@ -60,12 +74,16 @@ class Tails:
         starts = self.start[rows]
         combined = {}
         for name, column in self.columns.items():
-            combined[name] = np.empty(offsets[-1], dtype=column.dtype)
-            copy_runs(column, starts, combined[name], offsets, lengths)
+            if name == TIME:
+                combined[name] = np.empty(offsets[-1], dtype=np.int64)
+                _copy_times(column, starts, combined[name], offsets, lengths, newest[rows])
+            else:
+                combined[name] = np.empty(offsets[-1], dtype=column.dtype)
+                copy_runs(column, starts, combined[name], offsets, lengths)
         return combined, offsets, lengths
 
     def put(self, rows: np.ndarray, combined: dict[str, np.ndarray], lo: np.ndarray,
-            hi: np.ndarray) -> None:
+            hi: np.ndarray, newest: np.ndarray) -> None:
         """Rows' new tails: combined[lo[g]:hi[g]]."""
         lengths = hi - lo
         starts = self.used + np.cumsum(lengths) - lengths
@@ -73,7 +91,10 @@ class Tails:
         if end > len(next(iter(self.columns.values()))):
             self._reserve(max(end, 2 * self.used))
         for name, column in self.columns.items():
-            copy_runs(combined[name], lo, column, starts, lengths)
+            if name == TIME:
+                _copy_times(combined[name], lo, column, starts, lengths, -newest[rows])
+            else:
+                copy_runs(combined[name], lo, column, starts, lengths)
         self.live += int(lengths.sum() - self.length[rows].sum())
         self.start[rows] = starts
         self.length[rows] = lengths
