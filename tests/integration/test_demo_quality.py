@@ -31,8 +31,9 @@ from patternalarm.quality import quality_by_detector
 from patternalarm.settings import DOMAINS, model_name
 from tests.conftest import own_topics, run_stream_available_now
 
-# Three bootstrap trainings (~3.5 min each on an idle 2-core box: Great Expectations, fit,
-# two live-rate replays, registration) and a stream run: longer than the default 900 s.
+# The demo's bootstrap training (one job, three models: ~2.5 min on a quiet 2-core box, three
+# times that on a loaded one; Great Expectations, fit, two live-rate replays, registration per
+# model) and a stream run: longer than the default 900 s.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(2700)]
 
 MINUTES = 20
