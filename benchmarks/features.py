@@ -1,13 +1,15 @@
 """Feature engines: the plain per-event fold (tests/feature_reference.py, what models/features
 was before issue 14) against the columnar engine, side by side in one process.
 
-    .venv/bin/python benchmarks/features.py [--entities 2000] [--minutes 20] [--big 100000]
+    .venv/bin/python benchmarks/features.py [--entities 1000] [--minutes 70] [--big 100000]
 
 Per domain, a generated stream at the live shape (about one event per entity per minute) is
 folded in micro-batches of `--batch-s` of event time (each sorted by entity and time, as the
 stream does) and as one batch (training's `compute`); µs per event is the best of `--repeat`
-runs. Then the state of `--big` entities (the stream's first `--big-minutes` repeated under
-new entity ids) is pickled and unpickled both ways: a dict per entity before, arrays after.
+runs; the pickled state at the end of the stream (windows full: over an hour of history) is
+given in bytes per entity, both ways. Then the state of `--big` entities (the stream's first
+`--big-minutes` repeated under new entity ids) is pickled and unpickled both ways: a dict per
+entity before, arrays after.
 Finally the numba compile time: the first fold in a fresh process with an empty cache, and
 with a warm one.
 """
@@ -110,8 +112,8 @@ def first_fold_seconds(cache_dir: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--entities", type=int, default=2_000)
-    parser.add_argument("--minutes", type=float, default=20)
+    parser.add_argument("--entities", type=int, default=1_000)
+    parser.add_argument("--minutes", type=float, default=70)
     parser.add_argument("--batch-s", type=float, default=10)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--big", type=int, default=100_000)
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     print(f"{'domain':9} {'events':>7} {'batches':>7} | µs/event micro-batches: reference  "
-          "engine  ratio | one batch: reference  engine  ratio")
+          "engine  ratio | one batch: reference  engine  ratio | state B/entity: dicts arrays")
     streams = {}
     for domain in ENGINES:
         events = generate(domain, seed=1, minutes=args.minutes, entities=args.entities,
@@ -128,9 +130,14 @@ def main(argv: list[str] | None = None) -> None:
         parts = batches(events, args.batch_s)
         ref_small, eng_small = time_folds(domain, parts, args.repeat)
         ref_one, eng_one = time_folds(domain, batches(events, 1e9), args.repeat)
+        states, state = {}, new_state(domain)
+        _run(feature_reference.fold, states, domain, [arguments(domain, b, True) for b in parts])
+        _run(fold, state, domain, [arguments(domain, b, False) for b in parts])
         print(f"{domain:9} {len(events):>7} {len(parts):>7} | {ref_small:28.2f} "
               f"{eng_small:7.2f} {ref_small / eng_small:6.0f}x | {ref_one:20.2f} "
-              f"{eng_one:7.2f} {ref_one / eng_one:6.0f}x")
+              f"{eng_one:7.2f} {ref_one / eng_one:6.0f}x | "
+              f"{pickled(states)[0] * 1e6 / len(states):19.0f} "
+              f"{pickled(state)[0] * 1e6 / len(state):6.0f}")
 
     print(f"\nstate of {args.big:,} entities after {args.big_minutes:g} min: "
           "MB / pickle ms / unpickle ms")

@@ -14,10 +14,8 @@ import numpy as np
 from models.features.base import kernel
 
 NO_TIME = np.iinfo(np.int64).min  # "never": max(t, NO_TIME) == t, so no branch is needed
-_MIN_ROWS = 64
-
-
 TIME = "t"  # a tail's time column: ms before the entity's newest event (int32 is enough)
+_MIN_ROWS = 64
 
 
 @kernel
