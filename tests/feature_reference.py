@@ -1,7 +1,7 @@
 """The test oracle for models.features: the plain per-event fold the columnar engine replaced.
 
 Each step function folds one event into a dict state and returns its feature vector; these are
-the definitions the engine must reproduce (tests/unit/test_features.py holds it to them on
+the definitions the engine must reproduce (tests/unit/test_features_engine.py holds it to them on
 generated streams). One rule is applied here as in the engine: an event older than its
 entity's newest is folded at the newest time, t = max(t, last_t).
 """

@@ -41,7 +41,7 @@ def floats(column: Sequence) -> np.ndarray:
     """Numbers with NaN for a missing value (None)."""
     try:
         return np.asarray(column, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError):  # pandas' NA in nullable columns, numbers as text
         return pd.to_numeric(pd.Series(column, dtype=object), errors="coerce").to_numpy(
             dtype=np.float64)
 
