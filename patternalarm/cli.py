@@ -158,9 +158,11 @@ def cmd_train(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
     import subprocess
 
     from patternalarm.services import spark_submit
+    from patternalarm.shipping import submit_dir
 
     argv, env = spark_submit(cfg, "spark_jobs/train_model.py", *args.job_args)
-    return subprocess.run(argv, env={**os.environ, **env}).returncode
+    return subprocess.run(argv, env={**os.environ, **env},
+                          cwd=submit_dir(cfg, cfg.spark_master)).returncode
 
 
 def cmd_stream(cfg: settings_mod.Settings, args: argparse.Namespace) -> int:
@@ -329,6 +331,7 @@ def _start_training(cfg, supervisor, domains: list[str]):
     import os
     import subprocess
 
+    from patternalarm import shipping
     from patternalarm.services import spark_submit
 
     argv, env = spark_submit(cfg, "spark_jobs/train_model.py", *DEMO_TRAINING,
@@ -337,7 +340,8 @@ def _start_training(cfg, supervisor, domains: list[str]):
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         return subprocess.Popen(argv, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT)
+                                stdout=out, stderr=subprocess.STDOUT,
+                                cwd=shipping.submit_dir(cfg, cfg.spark_master))
 
 
 def _model_result(job, log, domain: str) -> dict:

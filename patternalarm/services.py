@@ -413,9 +413,11 @@ def has_champion(settings: Settings, domain: str) -> bool:
 
 
 def stream_spec(settings: Settings, *job_args: str) -> ProcessSpec:
+    from patternalarm.shipping import submit_dir
+
     argv, env = spark_submit(settings, "streaming/job.py", *job_args)
     return ProcessSpec(
-        name="stream", argv=argv, env=env,
+        name="stream", argv=argv, env=env, cwd=submit_dir(settings, settings.spark_master),
         # The job stops its query on SIGTERM; the checkpoint and the batch ledger stay
         # consistent whatever micro-batch it abandons.
         stop_signal=signal.SIGTERM,

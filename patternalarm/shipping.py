@@ -12,7 +12,8 @@ Python of the driver's minor version, but neither this checkout nor its .venv. A
   built from (as with venv-pack): every node needs that Python at the same path.
 
 Both land in ``var/dist/``; `patternalarm cluster pack` builds them, and every submit to a
-cluster builds what is missing.
+cluster builds what is missing. spark-submit to a cluster runs in `submit_dir`, beside an
+unpacked copy of the environment (see driver_dir).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ EXECUTOR_REQUIREMENTS = ("numpy", "numba", "pandas", "pyarrow", "confluent-kafka
 SHIPPED_PACKAGES = ("patternalarm", "models", "streaming", "spark_jobs")
 CONSTRAINTS = PROJECT_ROOT / "constraints.txt"
 ENV_NAME = "environment"  # the directory each executor unpacks the environment into
+CODE_ZIP = "patternalarm-code.zip"
 
 # Filesystems whose content only the machine that mounts them sees.
 NODE_LOCAL_FILESYSTEMS = frozenset({
@@ -58,7 +60,7 @@ def dist_dir(cfg: Settings) -> Path:
 
 def build_code(cfg: Settings) -> Path:
     """The project's packages as one zip, replaced atomically (two submits may race)."""
-    target = dist_dir(cfg) / "patternalarm-code.zip"
+    target = driver_dir(cfg) / CODE_ZIP
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -82,21 +84,28 @@ def env_archive(cfg: Settings) -> Path:
     return dist_dir(cfg) / f"executor-env-{_env_key()}.tar.gz"
 
 
+def driver_dir(cfg: Settings) -> Path:
+    """Where a driver submitting to a cluster runs: it holds the unpacked environment as
+    ./environment and the code zip. Spark starts Python workers beside the driver too (a Python
+    data source is planned in one) with the executors' interpreter path and PYTHONPATH, which
+    are relative to the working directory."""
+    return dist_dir(cfg) / f"driver-{_env_key()}"
+
+
 def build_env(cfg: Settings, log=print) -> Path:
-    """The executors' packed environment; built once per set of pins (~1 min from pip's cache)."""
-    target = env_archive(cfg)
-    if target.exists():
+    """The executors' packed environment; built once per set of pins (~30 s from pip's cache)."""
+    target, venv = env_archive(cfg), driver_dir(cfg) / ENV_NAME
+    if target.exists() and (venv / "bin" / "python").exists():
         return target
-    build = target.with_suffix("").with_suffix(".build")
-    shutil.rmtree(build, ignore_errors=True)
     log(f"building the executors' Python environment {target.name} "
         f"({', '.join(EXECUTOR_REQUIREMENTS)})")
+    shutil.rmtree(venv, ignore_errors=True)
     # From the base interpreter, not .venv's: the environment must not see the project's venv.
     base = getattr(sys, "_base_executable", sys.executable)
     try:
-        subprocess.run([base, "-m", "venv", str(build)], check=True, capture_output=True,
+        subprocess.run([base, "-m", "venv", str(venv)], check=True, capture_output=True,
                        text=True)
-        subprocess.run([str(build / "bin" / "python"), "-m", "pip", "install", "--quiet",
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
                         "--disable-pip-version-check", "-c", str(CONSTRAINTS),
                         *EXECUTOR_REQUIREMENTS], check=True, capture_output=True, text=True)
     except subprocess.CalledProcessError as exc:
@@ -105,13 +114,13 @@ def build_env(cfg: Settings, log=print) -> Path:
     tmp = target.with_name(f".{target.name}.{os.getpid()}")
     # Level 1: the archive travels once per executor and application; packing time matters more.
     with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
-        for entry in sorted(build.iterdir()):
+        for entry in sorted(venv.iterdir()):
             tar.add(entry, arcname=entry.name)
     tmp.replace(target)
-    shutil.rmtree(build, ignore_errors=True)
-    for stale in target.parent.glob("executor-env-*.tar.gz"):
-        if stale != target:
-            stale.unlink()
+    for stale in [*target.parent.glob("executor-env-*.tar.gz"),
+                  *target.parent.glob("driver-*")]:
+        if stale not in (target, venv.parent):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     return target
 
 
@@ -123,10 +132,15 @@ def spark_conf(cfg: Settings, master: str) -> dict[str, str]:
     """
     if not is_cluster(master):
         return {}
+    archive = build_env(cfg)
     return {
         "spark.submit.pyFiles": str(build_code(cfg)),
-        "spark.archives": f"{build_env(cfg)}#{ENV_NAME}",
+        "spark.archives": f"{archive}#{ENV_NAME}",
         "spark.pyspark.python": f"./{ENV_NAME}/bin/python",
+        # The Python workers Spark starts beside the driver (planning a Python data source)
+        # see the code through this (executors also get it from spark.submit.pyFiles): the zip
+        # lies in both their working directories.
+        "spark.executorEnv.PYTHONPATH": CODE_ZIP,
         # The driver runs here (client mode), in the project's own environment.
         "spark.pyspark.driver.python": sys.executable,
     }
@@ -135,6 +149,14 @@ def spark_conf(cfg: Settings, master: str) -> dict[str, str]:
 def submit_args(cfg: Settings, master: str) -> list[str]:
     return [arg for key, value in spark_conf(cfg, master).items()
             for arg in ("--conf", f"{key}={value}")]
+
+
+def submit_dir(cfg: Settings, master: str) -> Path | None:
+    """The working directory of spark-submit to `master` (driver_dir; None: anywhere)."""
+    if not is_cluster(master):
+        return None
+    build_env(cfg)
+    return driver_dir(cfg)
 
 
 # --- storage every node reaches --------------------------------------------------------------

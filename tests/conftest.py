@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from patternalarm.settings import PROJECT_ROOT, Settings, env_key
 
 _PORT_FIELDS = ("postgres_port", "broker_port", "s3_port", "mlflow_port", "airflow_port",
                 "airflow_scheduler_health_port", "api_port", "cluster_master_port",
-                "cluster_ui_port", "cluster_worker_ui_port")
+                "cluster_ui_port")
 
 
 def wait_until(condition, timeout_s: float = 10.0) -> None:
@@ -40,6 +41,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_port_run(n: int) -> int:
+    """First of n consecutive free ports (the cluster's workers' UIs), below Linux's ephemeral
+    range: outgoing connections there took a neighbour of a port that was free a moment ago."""
+    rng = random.Random(os.getpid())
+    while True:
+        base = rng.randrange(20_000, 32_000 - n)
+        try:
+            for port in range(base, base + n):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+
+
 @pytest.fixture(scope="session")
 def stack_env() -> Iterator[dict[str, str]]:
     """PATTERNALARM_* environment of the test stack, exported for this process and children."""
@@ -47,6 +63,8 @@ def stack_env() -> Iterator[dict[str, str]]:
     var_dir = PROJECT_ROOT / "var" / f"test-stack-{os.getpid()}"
     env = {env_key("var_dir"): str(var_dir)}
     env.update({env_key(f): str(free_port()) for f in _PORT_FIELDS})
+    env[env_key("cluster_worker_ui_port")] = str(
+        free_port_run(settings_mod.Settings.model_fields["cluster_workers"].default))
     # The CI machine has 2 cores: Spark jobs in tests use both.
     env[env_key("spark_master")] = "local[2]"
     saved = {k: os.environ.get(k) for k in env}
@@ -122,7 +140,8 @@ def run_stream_available_now(env: dict[str, str], query: str, *args: str,
         [str(Path(sys.executable).parent / "spark-submit"), "--master", master,
          *shipping.submit_args(settings_mod.get(), master),
          str(PROJECT_ROOT / "streaming" / "job.py"), "--available-now", "--query-name", query,
-         *args], env=job_env, capture_output=True, text=True, timeout=1800)
+         *args], env=job_env, capture_output=True, text=True, timeout=1800,
+        cwd=shipping.submit_dir(settings_mod.get(), master))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 

@@ -64,10 +64,12 @@ def test_executors_run_the_shipped_environment_and_code(cluster, stack, tmp_path
         python = Path(found["python"])
         assert python.is_relative_to(stack.var_dir / "cluster")  # a worker's work dir
         assert python.parent.parent.name == shipping.ENV_NAME
-        assert found["patternalarm"].startswith("./patternalarm-code.zip/"), found
+        assert f"{shipping.CODE_ZIP}/patternalarm/" in found["patternalarm"], found
+        assert not found["patternalarm"].startswith(str(PROJECT_ROOT / "patternalarm"))
 
     # Without the code zip, the same executors cannot import the project at all.
-    without_code = {k: v for k, v in shipped.items() if k != "spark.submit.pyFiles"}
+    without_code = {k: v for k, v in shipped.items()
+                    if k not in ("spark.submit.pyFiles", "spark.executorEnv.PYTHONPATH")}
     for found in probe(tmp_path, cluster, without_code):
         assert "No module named 'patternalarm'" in found.get("error", ""), found
         assert not Path(found["python"]).is_relative_to(PROJECT_ROOT / ".venv")

@@ -18,7 +18,12 @@ import pytest
 from patternalarm import db, kafka
 from patternalarm.quality import detection_quality
 from patternalarm.settings import DOMAINS
-from tests.conftest import own_topics, run_stream_available_now
+from tests.conftest import (
+    clear_incidents,
+    incidents,
+    own_topics,
+    run_stream_available_now,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +50,7 @@ def run(stack):
     summary = json.loads(generated.stdout)
     query = f"accept-{cfg.topic_prefix}"
     run_stream_available_now(env, query)
-    return {"cfg": cfg, "summary": summary, "query": query, "start": start}
+    return {"cfg": cfg, "env": env, "summary": summary, "query": query, "start": start}
 
 
 def test_every_message_is_processed_or_dead_lettered(run):
@@ -84,3 +89,15 @@ def test_a_model_trains_on_the_features_the_stream_logged(run, spark, capsys):
     assert code == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["holdout_positives"] > 0 and metrics["roc_auc"] > 0.8
+
+
+def test_the_cluster_finds_the_same_incidents(run, cluster):
+    """The same events through master + 2 workers x 1 core, code and Python shipped: the
+    incidents equal local[2]'s, column by column (they merge by key, so the local run's are
+    set aside and cleared first)."""
+    cfg, start = run["cfg"], run["start"]
+    local = incidents(cfg, DOMAINS, start, MINUTES)
+    assert len(local) >= 30
+    clear_incidents(cfg, DOMAINS, start, MINUTES)
+    run_stream_available_now(run["env"], f"cluster-{cfg.topic_prefix}", master=cluster)
+    assert incidents(cfg, DOMAINS, start, MINUTES) == local
