@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     # How far an event_time may run ahead of its broker timestamp before it is a dead letter.
     stream_max_future_skew_s: int = Field(300, ge=0)
     stream_buckets: int = Field(32, ge=1, le=4096)
+    # An entity with no event for this long (event time) leaves the stream's state: its
+    # baselines start again if it comes back. Above the longest feature window (1 h).
+    stream_entity_idle_s: int = Field(6 * 3600, ge=3600)
     stream_scorer: Literal["local", "spark"] = "local"
     stream_postgres_retry_s: float = Field(120.0, ge=0)
     model_refresh_s: float = Field(5.0, gt=0)

@@ -16,7 +16,6 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from functools import partial
 
 from patternalarm import settings as settings_mod
 from patternalarm.settings import DOMAINS, Settings
@@ -43,26 +42,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def build_query(spark, cfg: Settings, args: argparse.Namespace):
-    from streaming.detector import OUTPUT, Detector
+    from pyspark.sql.streaming.state import GroupStateTimeout
+
+    from streaming.detector import OUTPUT, STATE, Detector
     from streaming.kafka_source import kafka_stream
-    from streaming.parse import SCHEMA, parse_frames
     from streaming.sinks import BatchSink, cap_path, consumer_group, source_status_path
 
     topics = {cfg.events_topic(d): d for d in args.domains}
-    raw = kafka_stream(spark, cfg.bootstrap_servers, list(topics),
-                       native=cfg.stream_source == "native",
-                       starting_offsets=args.starting_offsets,
-                       max_offsets_per_trigger=cfg.stream_max_offsets_per_trigger,
-                       group_id=consumer_group(args.query_name),
-                       cap_file=str(cap_path(cfg, args.query_name)),
-                       status_file=str(source_status_path(cfg, args.query_name)),
-                       read_tasks=spark.sparkContext.defaultParallelism)
-    parsed = raw.mapInPandas(partial(parse_frames, topic_domains=topics,
-                                     buckets=cfg.stream_buckets,
-                                     max_future_skew_s=cfg.stream_max_future_skew_s), SCHEMA)
-    detected = (parsed.withWatermark("event_ts", f"{cfg.stream_allowed_lateness_s} seconds")
+    events = kafka_stream(spark, cfg.bootstrap_servers, list(topics),
+                          native=cfg.stream_source == "native",
+                          starting_offsets=args.starting_offsets,
+                          max_offsets_per_trigger=cfg.stream_max_offsets_per_trigger,
+                          group_id=consumer_group(args.query_name),
+                          cap_file=str(cap_path(cfg, args.query_name)),
+                          status_file=str(source_status_path(cfg, args.query_name)),
+                          read_tasks=spark.sparkContext.defaultParallelism,
+                          decode={"topic_domains": topics, "buckets": cfg.stream_buckets,
+                                  "max_future_skew_s": cfg.stream_max_future_skew_s})
+    detected = (events.withWatermark("event_ts", f"{cfg.stream_allowed_lateness_s} seconds")
                 .groupBy("domain", "bucket")
-                .transformWithStateInPandas(Detector(), OUTPUT, "Append", "EventTime"))
+                .applyInPandasWithState(Detector(cfg.stream_entity_idle_s), OUTPUT, STATE,
+                                        "append", GroupStateTimeout.EventTimeTimeout))
     sink = BatchSink(spark, cfg, args.query_name, args.domains)
     writer = (detected.writeStream.queryName(args.query_name)
               .option("checkpointLocation", str(cfg.checkpoint_dir / args.query_name))
@@ -102,7 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               "restart and be taken for replays. Use another --query-name, or "
               f"`patternalarm stream reset --query-name {args.query_name}`.", file=sys.stderr)
         return 2
+    from models.features import warm_up
     from models.spark import get_spark
+
+    # Compiled here once into numba's on-disk cache, the feature kernels load in each Python
+    # worker in about a second instead of compiling there (10-30 s) during the first batch.
+    warm_up()
 
     # Few shuffle partitions: each runs a Python stateful task per micro-batch, a fixed cost;
     # the buckets (the state groups) spread across them. Fixed for a checkpoint once it exists.

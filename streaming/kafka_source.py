@@ -20,6 +20,10 @@ Options:
                             "ends": <log ends>, "planned": <this batch's ends>} or
                             {"end_offsets": "unavailable", "error", "failures", "retry_in_s"};
                             the job takes each batch's lag from it and reports an outage
+  decode                    JSON {"topic_domains": {topic: domain}, "buckets": N,
+                            "max_future_skew_s": S}: the read tasks parse and validate each
+                            record into the job's event rows (streaming.parse.SCHEMA) instead
+                            of emitting Kafka's columns, so rows cross into the JVM once
   readTasks                 at most this many Spark tasks per micro-batch, each reading several
                             topic-partitions (default: one task per topic-partition). A Python
                             read task costs ~1 s of worker start-up on local[2] whatever its
@@ -98,6 +102,10 @@ class KafkaDataSource(DataSource):
         return "pa_kafka"
 
     def schema(self) -> str:
+        if "decode" in self.options:
+            from streaming.parse import SCHEMA as EVENTS
+
+            return EVENTS
         return SCHEMA
 
     def streamReader(self, schema) -> KafkaStreamReader:
@@ -159,7 +167,9 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self.status_file = options.get("statusFile")
         self._known_ends: dict[tuple[str, int], int] | None = None
         self._available_now_target: dict[tuple[str, int], int] | None = None
+        self.decode = json.loads(options["decode"]) if "decode" in options else None
         self._admin = None
+        self._committer = None
         self._probe_failures = 0
         self._next_probe_at = 0.0
 
@@ -276,40 +286,86 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def commit(self, end: Offsets) -> None:
         if not self.group_id:
             return
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-        committer = Consumer({"bootstrap.servers": self.servers, "group.id": self.group_id,
-                              "enable.auto.commit": False})
+        if self._committer is None:  # one for the planner's life, not one per batch
+            self._committer = Consumer({"bootstrap.servers": self.servers,
+                                        "group.id": self.group_id, "enable.auto.commit": False})
         try:
-            committer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in
-                                      _flatten(end).items()], asynchronous=False)
-        finally:
-            committer.close()
+            self._committer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in
+                                            _flatten(end).items()], asynchronous=False)
+        except KafkaException:
+            self._committer.close()
+            self._committer = None
+            raise
 
     # --- reading, on the executors ---------------------------------------------------------
 
     def read(self, partition: ReadTask) -> Iterator:
+        if self.decode is None:
+            for offsets in partition.ranges:
+                for records in _read_range(offsets):
+                    yield _kafka_columns(offsets, records)
+            return
+        from streaming.parse import EventParser
+
+        parser = EventParser(self.decode["topic_domains"], self.decode["buckets"],
+                             self.decode["max_future_skew_s"])
         for offsets in partition.ranges:
-            yield from _read_range(offsets)
+            for _, values, positions, stamps, _ in _read_range(offsets):
+                size = len(positions)
+                yield parser.parse([offsets.topic] * size, [offsets.partition] * size,
+                                   positions, stamps, values)
 
 
-def _read_range(partition: OffsetRange) -> Iterator:
+def _kafka_columns(partition: OffsetRange, records: tuple) -> object:
+    """Records as a RecordBatch of SCHEMA (Kafka's own columns)."""
     import pyarrow as pa
-    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+    keys, values, offsets, stamps, kinds = records
+    size = len(offsets)
+    return pa.RecordBatch.from_arrays([
+        pa.array(keys, pa.binary()), pa.array(values, pa.binary()),
+        pa.array([partition.topic] * size, pa.string()),
+        pa.array([partition.partition] * size, pa.int32()),
+        pa.array(offsets, pa.int64()),
+        # Kafka timestamps are epoch ms; Spark timestamps are µs.
+        pa.array([ms * 1000 for ms in stamps], pa.timestamp("us", "UTC")),
+        pa.array(kinds, pa.int32()),
+    ], names=["key", "value", "topic", "partition", "offset", "timestamp", "timestampType"])
+
+
+# Python workers outlive tasks (spark.python.worker.reuse): one consumer per worker and
+# broker, reassigned for each range, instead of a new client (and connection) per range.
+_READERS: dict[str, object] = {}
+
+
+def _reader(servers: str):
+    from confluent_kafka import Consumer
 
     from patternalarm.kafka import READ_FETCH_WAIT_MS
 
-    tp = TopicPartition(partition.topic, partition.partition, partition.start)
-    # An offset the broker no longer has is an error here, not a silent jump to the end.
-    reader = Consumer({"bootstrap.servers": partition.servers,
-                       "group.id": f"pa-source-{partition.topic}",
-                       "enable.auto.commit": False, "fetch.wait.max.ms": READ_FETCH_WAIT_MS,
-                       "auto.offset.reset": "error"})
-    reader.assign([tp])
-    schema = pa.schema([("key", pa.binary()), ("value", pa.binary()),
-                        ("topic", pa.string()), ("partition", pa.int32()),
-                        ("offset", pa.int64()), ("timestamp", pa.timestamp("us", "UTC")),
-                        ("timestampType", pa.int32())])
+    if servers not in _READERS:
+        # An offset the broker no longer has is an error here, not a silent jump to the end.
+        _READERS[servers] = Consumer({
+            "bootstrap.servers": servers, "group.id": "pa-source",
+            "enable.auto.commit": False, "fetch.wait.max.ms": READ_FETCH_WAIT_MS,
+            "auto.offset.reset": "error"})
+    return _READERS[servers]
+
+
+def _drop_reader(servers: str) -> None:
+    reader = _READERS.pop(servers, None)
+    if reader is not None:
+        reader.close()
+
+
+def _read_range(partition: OffsetRange) -> Iterator[tuple[list, list, list, list, list]]:
+    """(keys, values, offsets, timestamps in ms, timestamp types) of a range, in chunks."""
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+    reader = _reader(partition.servers)
+    reader.assign([TopicPartition(partition.topic, partition.partition, partition.start)])
     position = partition.start
     last_progress = time.monotonic()
     try:
@@ -333,6 +389,9 @@ def _read_range(partition: OffsetRange) -> Iterator:
                     raise KafkaException(msg.error())
                 if msg.offset() >= partition.end:
                     break
+                if (msg.offset() < position or msg.partition() != partition.partition
+                        or msg.topic() != partition.topic):
+                    continue  # a fetch of the reader's previous assignment, still queued
                 kind, stamp = msg.timestamp()
                 keys.append(msg.key())
                 values.append(msg.value())
@@ -343,18 +402,10 @@ def _read_range(partition: OffsetRange) -> Iterator:
                 continue
             position = offsets[-1] + 1
             last_progress = time.monotonic()
-            size = len(offsets)
-            yield pa.RecordBatch.from_arrays([
-                pa.array(keys, pa.binary()), pa.array(values, pa.binary()),
-                pa.array([partition.topic] * size, pa.string()),
-                pa.array([partition.partition] * size, pa.int32()),
-                pa.array(offsets, pa.int64()),
-                # Kafka timestamps are epoch ms; Spark timestamps are µs.
-                pa.array([ms * 1000 for ms in stamps], pa.timestamp("us", "UTC")),
-                pa.array(kinds, pa.int32()),
-            ], schema=schema)
-    finally:
-        reader.close()
+            yield keys, values, offsets, stamps, kinds
+    except BaseException:
+        _drop_reader(partition.servers)  # in an unknown state: the next range starts afresh
+        raise
 
 
 def _log_end(partition: OffsetRange, position: int) -> int:
@@ -381,12 +432,15 @@ def _skip_gone(partition: OffsetRange, position: int, why: str) -> None:
 def kafka_stream(spark, servers: str, topics: list[str], *, native: bool = False,
                  starting_offsets: str = "earliest", max_offsets_per_trigger: int | None = None,
                  group_id: str | None = None, cap_file: str | None = None,
-                 status_file: str | None = None, read_tasks: int | None = None):
+                 status_file: str | None = None, read_tasks: int | None = None,
+                 decode: dict | None = None):
     """A streaming DataFrame over `topics` from this source or Spark's native `kafka` format.
 
-    Both give the same columns; the native format needs the spark-sql-kafka jar on the
-    classpath (e.g. `--packages org.apache.spark:spark-sql-kafka-0-10_2.13:<spark version>`)
-    and keeps a fixed maxOffsetsPerTrigger (no adaptive cap).
+    Both give Kafka's columns, or with `decode` (see the option) the job's parsed event rows:
+    this source parses in its read tasks, the native one in a `mapInArrow` after it. The native
+    format needs the spark-sql-kafka jar on the classpath (e.g. `--packages
+    org.apache.spark:spark-sql-kafka-0-10_2.13:<spark version>`) and keeps a fixed
+    maxOffsetsPerTrigger (no adaptive cap).
     """
     options = {"kafka.bootstrap.servers": servers, "subscribe": ",".join(topics),
                "startingOffsets": starting_offsets}
@@ -405,5 +459,16 @@ def kafka_stream(spark, servers: str, topics: list[str], *, native: bool = False
             options["statusFile"] = status_file
         if read_tasks:
             options["readTasks"] = str(read_tasks)
+        if decode:
+            options["decode"] = json.dumps(decode)
+            return spark.readStream.format(source).options(**options).load()
     columns = [c.split()[0] for c in SCHEMA.split(", ")]
-    return spark.readStream.format(source).options(**options).load().select(*columns)
+    raw = spark.readStream.format(source).options(**options).load().select(*columns)
+    if not decode:
+        return raw
+    from functools import partial
+
+    from streaming.parse import SCHEMA as EVENTS
+    from streaming.parse import parse_kafka_batches
+
+    return raw.mapInArrow(partial(parse_kafka_batches, **decode), EVENTS)

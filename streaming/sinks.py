@@ -127,12 +127,18 @@ class BatchSink:
         self._conn: connection | None = None
         self._producer = None
         self._spark_models: dict[tuple[str, str], object] = {}
+        # Only a restart's first batch can be one the ledger already holds (a failed batch
+        # fails the query): the ledger is asked once, not on every batch.
+        self._ledger_checked = False
 
     # --- the batch -------------------------------------------------------------------------
 
     def __call__(self, batch, batch_id: int) -> None:
         started = time.monotonic()
-        if self._with_postgres(batch_id, already_committed, self.query_name, batch_id):
+        replayed = not self._ledger_checked and self._with_postgres(
+            batch_id, already_committed, self.query_name, batch_id)
+        self._ledger_checked = True
+        if replayed:
             # Our side effects are in Postgres already; the stateful step must still run, or
             # its state store would lack this batch's version and the next batch would fail.
             batch.write.format("noop").mode("overwrite").save()
