@@ -1,9 +1,11 @@
-"""Streaming job benchmark: highest sustained rate with p99 latency < 2 s, and a plain
-confluent-kafka consumer loop doing the same parse + features + rules + score + write as the
-baseline, on the same events, in the same run.
+"""Streaming job benchmark: every rate's sustained events/min, p50/p99 event-to-commit latency
+and lag, the backlog drain rate, and a plain confluent-kafka consumer loop doing the job's work
+with the job's own pieces (parse, dead letters, features, rules, scoring, exactly-once commit)
+as the baseline, on the same workload, in the same run.
 
     .venv/bin/patternalarm up
     .venv/bin/python benchmarks/stream.py [--rates 60000,240000,600000,1200000] [--seconds 90]
+    .venv/bin/python benchmarks/stream.py --rates 60000 --master local[2] --master spark://…
 
 Rates are events/min over all three domains. Each step: a fresh topic prefix, the streaming
 job started under spark-submit (processing-time trigger), the generator at the rate for
@@ -27,15 +29,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models.features import ENGINES, fold, new_state  # noqa: E402
-from models.incidents import Incident  # noqa: E402
-from models.rules import fired  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from models.features import new_state, warm_up  # noqa: E402
+from models.incidents import Incident, model_incident  # noqa: E402
 from patternalarm import db, kafka  # noqa: E402
 from patternalarm import settings as settings_mod  # noqa: E402
-from patternalarm.domains import contract  # noqa: E402
-from patternalarm.events import InvalidEvent  # noqa: E402
 from patternalarm.settings import DOMAINS  # noqa: E402
-from streaming.sinks import BatchMetrics, commit_batch  # noqa: E402
+from streaming.detector import Detector  # noqa: E402
+from streaming.parse import DLQ_BUCKET, EventParser  # noqa: E402
+from streaming.scoring import ModelWatch, score_features  # noqa: E402
+from streaming.sinks import BatchMetrics, commit_batch, dead_letter  # noqa: E402
 
 BIN = Path(sys.executable).parent
 WARMUP_S = 30
@@ -61,14 +65,16 @@ def own_topics(letter: str):
                  "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": cfg.bind_host}
 
 
-def stream_step(cfg, per_min: float, seconds: float) -> dict:
+def stream_step(cfg, per_min: float, seconds: float, master: str = "local[2]") -> dict:
+    from patternalarm import shipping
+
     step_cfg, env = own_topics("b")
     query = f"bench-{step_cfg.topic_prefix}"
     log = open(cfg.var_dir / "log" / f"{query}.log", "wb")  # noqa: SIM115 (lives with the job)
     job = subprocess.Popen(
-        [str(BIN / "spark-submit"), "--master", "local[2]", str(ROOT / "streaming/job.py"),
-         "--query-name", query, "--starting-offsets", "latest"],
-        env=env, stdout=log, stderr=subprocess.STDOUT)
+        [str(BIN / "spark-submit"), "--master", master, *shipping.submit_args(cfg, master),
+         str(ROOT / "streaming/job.py"), "--query-name", query, "--starting-offsets", "latest"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=shipping.submit_dir(cfg, master))
     try:
         _wait_first_batch(cfg, query)
         started = time.time()
@@ -121,10 +127,13 @@ def _latency(cfg, query: str, since_epoch: float, summary: dict) -> dict:
                 return float(r[col])
         return float(ordered[-1][col])
 
+    recent = [r for r in rows if r[4] >= rows[-1][4] - 30]
     return {"events_per_min": round(total / span * 60), "batches": len(rows),
             "p50_ms": round(weighted(1, 0.5)), "p99_ms": round(weighted(2, 0.99)),
             "mean_batch_ms": round(sum(r[3] for r in rows) / len(rows)),
-            "max_lag": max(r[5] or 0 for r in rows), "generated": summary["sent"]}
+            "max_lag": max(r[5] or 0 for r in rows),
+            "lag_grew_last_30s": (recent[-1][5] or 0) > (recent[0][5] or 0),
+            "generated": summary["sent"]}
 
 
 def _rows(cfg, sql: str, *params) -> list[tuple]:
@@ -134,70 +143,60 @@ def _rows(cfg, sql: str, *params) -> list[tuple]:
 
 
 def baseline(cfg, per_min: float, seconds: float) -> dict:
-    """A plain consumer loop: parse, fold features, rules, score, commit — on a backlog."""
+    """A plain consumer loop doing the job's work with the job's own pieces: parse into the
+    job's rows, dead letters acknowledged by the DLQ topic, per-bucket columnar features and
+    rules (the job's Detector), champion scoring and model incidents, one exactly-once
+    commit per batch. Timed from its first message, not from the consumer-group join."""
     step_cfg, env = own_topics("p")
-    prefix = step_cfg.topic_prefix
+    query = f"baseline-{step_cfg.topic_prefix}"
     summary = generate(env, per_min, seconds, past=True)
     topics = {step_cfg.events_topic(d): d for d in DOMAINS}
-    contracts = {t: contract(d) for t, d in topics.items()}
-    scorers = _champions(cfg)
-    consumer = kafka.consumer(step_cfg, f"baseline-{prefix}",
+    parser = EventParser(topics, step_cfg.stream_buckets, step_cfg.stream_max_future_skew_s)
+    detector = Detector(step_cfg.stream_entity_idle_s)
+    warm_up()
+    champions = ModelWatch(cfg.tracking_uri, list(DOMAINS), cfg.model_refresh_s).champions()
+    producer = kafka.producer(step_cfg, **{"enable.idempotence": True, "linger.ms": 5})
+    consumer = kafka.consumer(step_cfg, query,
                               **{"auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})
     consumer.subscribe(list(topics))
-    states = {d: new_state(d) for d in DOMAINS}
-    done, batch_id, latencies = 0, 0, []
-    started = time.perf_counter()
+    buckets: dict[tuple[str, int], object] = {}
+    done, batch_id, started = 0, 0, None
     with contextlib.closing(db.connect(cfg)) as conn:
         while done < summary["sent"]:
             messages = [m for m in consumer.consume(20_000, 0.05) if m.error() is None]
             if not messages:
                 continue
-            by_domain: dict[str, list[dict]] = {d: [] for d in DOMAINS}
-            for m in messages:
-                try:
-                    event = contracts[m.topic()].parse(m.value())
-                except InvalidEvent:
+            started = started or time.perf_counter()
+            rows = parser.parse(*zip(*((m.topic(), m.partition(), m.offset(), m.timestamp()[1],
+                                        m.value()) for m in messages), strict=True)).to_pandas()
+            out = []
+            for (domain, bucket), events in rows.groupby(["domain", "bucket"]):
+                if bucket == DLQ_BUCKET:
+                    for row in events.itertuples():
+                        producer.produce(step_cfg.dlq_topic, json.dumps(
+                            dead_letter(row, query, batch_id)).encode())
                     continue
-                by_domain[topics[m.topic()]].append(event)
-            incidents = []
-            for domain, events in by_domain.items():
-                if not events:
-                    continue
-                events.sort(key=lambda e: (e["entity_id"], e["event_time"]))
-                engine = ENGINES[domain]
-                matrix = fold(domain, states[domain], [e["entity_id"] for e in events],
-                              [e["event_time"] for e in events],
-                              [[e["payload"].get(c) for e in events] for c in engine.inputs])
-                incidents += [Incident(domain, events[r]["entity_id"], rule.detector, "rule",
-                                       events[r]["event_time"] // 900_000 * 900_000,
-                                       rule.severity, events[r]["event_time"],
-                                       events[r]["event_time"])
-                              for r, rule in fired(domain, matrix)]
-                if domain in scorers:
-                    scorers[domain].score(matrix)
-            commit_batch(conn, f"baseline-{prefix}", batch_id, incidents,
+                state = buckets.setdefault((domain, bucket), new_state(domain))
+                out += detector._detect(domain, state, events)
+            out = pd.concat(out, ignore_index=True)
+            incidents = [Incident(r.domain, r.entity_id, r.detector, "rule", r.window_start,
+                                  r.severity, r.event_time, r.event_time)
+                         for r in out[out["kind"] == "incident"].itertuples()]
+            features = out[out["kind"] == "features"]
+            incidents += [model_incident(h.domain, h.entity_id, h.event_id, int(h.event_time),
+                                         float(h.score), champions[h.domain].name,
+                                         champions[h.domain].version)
+                          for h in score_features(features, champions).itertuples()]
+            if producer.flush(30):
+                raise RuntimeError("dead letters not acknowledged")
+            commit_batch(conn, query, batch_id, incidents,
                          BatchMetrics(input_rows=len(messages), processing_ms=0.0))
             consumer.commit(asynchronous=True)
-            now_ms = time.time() * 1000
-            latencies += [now_ms - m.timestamp()[1] for m in messages]
             batch_id += 1
             done += len(messages)
     took = time.perf_counter() - started
     consumer.close()
     return {"events_per_min": round(done / took * 60), "events": done, "seconds": round(took, 1)}
-
-
-def _champions(cfg) -> dict:
-    from models.registry import client_for, compile_version
-
-    client = client_for(cfg.tracking_uri)
-    found = {}
-    for domain in DOMAINS:
-        with contextlib.suppress(Exception):
-            version = client.get_model_version_by_alias(settings_mod.model_name(domain),
-                                                        "champion")
-            found[domain] = compile_version(client, version)
-    return found
 
 
 def stream_backlog(cfg, per_min: float, seconds: float) -> dict:
@@ -222,17 +221,26 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=90)
     parser.add_argument("--backlog-seconds", type=float, default=120,
                         help="schedule length of the throughput workload (at the top rate)")
+    parser.add_argument("--master", action="append",
+                        help="run only the first rate's step on each of these Spark masters, "
+                             "one after the other (e.g. --master local[2] --master "
+                             "spark://127.0.0.1:17077 after `patternalarm cluster up`)")
     args = parser.parse_args()
     cfg = settings_mod.get()
+    if args.master:
+        rate = float(args.rates.split(",")[0])
+        for master in args.master:
+            print(json.dumps({"master": master, "rate_per_min": rate,
+                              **stream_step(cfg, rate, args.seconds, master)}), flush=True)
+        return 0
     results = {"steps": []}
     best = None
     for rate in (float(r) for r in args.rates.split(",")):
         step = {"rate_per_min": rate, **stream_step(cfg, rate, args.seconds)}
         results["steps"].append(step)
         print(json.dumps(step), flush=True)
-        if step.get("p99_ms", 1e9) >= 2_000:
-            break
-        best = step
+        if step.get("p99_ms", 1e9) < 2_000:
+            best = step
     results["best_under_2s_p99"] = best
     top = float(args.rates.split(",")[-1])
     results["backlog_stream"] = stream_backlog(cfg, top, args.backlog_seconds)
