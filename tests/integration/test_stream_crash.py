@@ -18,14 +18,14 @@ import pytest
 
 from patternalarm import db
 from patternalarm.settings import PROJECT_ROOT
+from tests import conftest
 from tests.conftest import own_topics, wait_until
 
 pytestmark = pytest.mark.integration
 
 BIN = os.path.dirname(sys.executable)
 DOMAINS = "payments,gaming"  # IoT silence timers fire by watermark, which batch sizes move
-COLUMNS = ("incident_key, domain, entity_id, detector, window_start, severity, event_count, "
-           "first_event_time, last_event_time")
+MINUTES = 30
 
 
 def job(env: dict, query: str, *extra: str) -> list[str]:
@@ -34,19 +34,12 @@ def job(env: dict, query: str, *extra: str) -> list[str]:
             "--query-name", query, *extra]
 
 
-_OURS = ("domain IN ('payments', 'gaming') AND first_event_time >= %s "
-         "AND first_event_time < %s + interval '30 minutes'")
-
-
 def incidents(cfg, since: datetime) -> set[tuple]:
-    with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
-        cur.execute(f"SELECT {COLUMNS} FROM incidents WHERE {_OURS}", (since, since))
-        return set(cur.fetchall())
+    return conftest.incidents(cfg, DOMAINS.split(","), since, MINUTES)
 
 
 def clear(cfg, since: datetime) -> None:
-    with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
-        cur.execute(f"DELETE FROM incidents WHERE {_OURS}", (since, since))
+    conftest.clear_incidents(cfg, DOMAINS.split(","), since, MINUTES)
 
 
 def batches(cfg, query: str) -> int:
