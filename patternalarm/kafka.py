@@ -32,12 +32,14 @@ from patternalarm.settings import Settings
 # (as a paced producer writes them) a 10 ms probe left 6 of 12 unanswered for 6 s, while
 # 50-100 ms answered in 0.05-0.15 s on a quiet box (benchmarks/RESULTS.md, "End-offset probe").
 # The probe waits 100 ms: where a partition has nothing new it pays the whole wait on every
-# trigger, and a probe that still misses is retried after a backoff. A read asks only for
-# records that exist, so the broker answers as soon as its scan ends and a longer wait costs
-# nothing; but a read that misses stalls its task: under a load average of 13 a 50 ms read of a
-# 61K-record partition got nothing for 60 s and failed the query.
+# trigger, and a probe that still misses is retried after a backoff. A read that misses stalls
+# its task (under a load average of 13 a 50 ms read of a 61K-record partition got nothing for
+# 60 s and failed the query), but a long read wait is paid on every range a reader moves to:
+# librdkafka keeps one fetch in flight per broker and prefetches past the range, so with
+# 1,000 ms each range after a task's first took 1.0 s, with 100 ms 0.01-0.14 s (measured: a
+# micro-batch's read stage was ~3 s of 12 ranges at 1,000 ms).
 PROBE_FETCH_WAIT_MS = 100
-READ_FETCH_WAIT_MS = 1000
+READ_FETCH_WAIT_MS = 100
 
 # Tansu's JoinGroup waits session.timeout.ms / 2 before answering: keep it short.
 _CONSUMER_DEFAULTS = {"session.timeout.ms": 6000, "enable.auto.commit": False}
