@@ -177,7 +177,7 @@ def baseline(cfg, per_min: float, seconds: float) -> dict:
                             dead_letter(row, query, batch_id)).encode())
                     continue
                 state = buckets.setdefault((domain, bucket), new_state(domain))
-                out += detector._detect(domain, state, events)
+                out += detector.detect(domain, state, events)
             out = pd.concat(out, ignore_index=True)
             incidents = [Incident(r.domain, r.entity_id, r.detector, "rule", r.window_start,
                                   r.severity, r.event_time, r.event_time)

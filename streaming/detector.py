@@ -58,7 +58,7 @@ class Detector:
         watermark = state.getCurrentWatermarkMs()
         if not state.hasTimedOut:
             frame = pd.concat(list(frames), ignore_index=True)
-            yield from self._detect(domain, bucket["entities"], frame)
+            yield from self.detect(domain, bucket["entities"], frame)
         if domain in ABSENCE_AFTER_S and watermark >= (bucket["check_at"] or 0):
             silences = _silences(domain, bucket, watermark)
             if silences:
@@ -74,17 +74,17 @@ class Detector:
             # check of a bucket that gets no rows in the meantime.
             state.setTimeoutTimestamp(max(bucket["check_at"], watermark + 1))
 
-    def _detect(self, domain: str, entities: State, frame: pd.DataFrame
-                ) -> Iterator[pd.DataFrame]:
+    def detect(self, domain: str, entities: State, frame: pd.DataFrame
+               ) -> Iterator[pd.DataFrame]:
+        """Feature rows and rule incidents of one bucket's events; updates `entities`."""
         frame = frame.sort_values(["entity_id", "event_time", "offset"], kind="stable",
                                   ignore_index=True)
-        engine = ENGINES[domain]
-        matrix = fold(domain, entities, frame["entity_id"].to_numpy(),
-                      frame["event_time"].to_numpy(), [frame[c].to_numpy() for c in engine.inputs])
+        times = frame["event_time"].to_numpy()
+        matrix = fold(domain, entities, frame["entity_id"].to_numpy(), times,
+                      [frame[c].to_numpy() for c in ENGINES[domain].inputs])
         yield _output(frame[_EVENT_COLUMNS].assign(kind="features", features=list(matrix)))
         incidents = [_incident(domain, frame.iloc[row], rule, window, values)
-                     for row, rule, window, values in hits(
-                         domain, frame["event_time"].to_numpy(), matrix)]
+                     for row, rule, window, values in hits(domain, times, matrix)]
         if incidents:
             yield _output(pd.DataFrame(incidents))
 
