@@ -262,11 +262,16 @@ def live(pid: int, create_time: float) -> psutil.Process | None:
 
 
 def _group(pgid: int, since: float) -> list[psutil.Process]:
-    """Processes of process group `pgid` started after its leader (not a recycled group id)."""
+    """Live processes of group `pgid` started after its leader (not a recycled group id).
+
+    Zombies are left out: they have exited and only wait for their parent to reap them, so
+    there is nothing to signal, and psutil refuses to read their command line.
+    """
     members = []
     for proc in psutil.process_iter():
         try:
-            if os.getpgid(proc.pid) == pgid and proc.create_time() >= since - 1:
+            if (os.getpgid(proc.pid) == pgid and proc.create_time() >= since - 1
+                    and proc.status() != psutil.STATUS_ZOMBIE):
                 members.append(proc)
         except (ProcessLookupError, psutil.NoSuchProcess):
             continue
