@@ -31,7 +31,7 @@ MAX_MESSAGE_BYTES = 64 * 1024
 # The contract nests three levels (envelope, payload, attributes) and the field types refuse
 # anything deeper; this is only the decoder's own bound, reported instead of a RecursionError.
 MAX_NESTING = 3
-_INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
+INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 _FLOAT_MAX = 1.7976931348623157e308
 
 FieldType = Literal["string", "int", "long", "double", "boolean", "array<string>",
@@ -90,7 +90,7 @@ def _has_type(value: object, kind: str) -> bool:
     if kind == "string":
         return _is_text(value) and value != ""
     if kind in ("int", "long"):
-        low, high = _INT_RANGE[kind]
+        low, high = INT_RANGE[kind]
         return isinstance(value, int) and low <= value <= high
     if kind == "double":
         # Compared, not converted: math.isfinite(10**400) raises OverflowError.
