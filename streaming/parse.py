@@ -119,24 +119,38 @@ class EventParser:
         events, left = [], []
         for topic in dict.fromkeys(topics):
             rows = [i for i, t in enumerate(topics) if t == topic]
-            reader = self.readers[self.domains[topic]]
-            clean = [i for i in rows if _columnar(values[i])]
-            left += sorted(set(rows) - set(clean))
-            for block, table in reader.read(values, clean):
-                if table is None:
-                    left += block
-                    continue
-                limit = np.minimum(np.asarray(broker_ms)[block], read_ms) + self.skew_ms
-                refused = pc.or_(reader.refused(table), pc.greater(
-                    table["event_time"], pa.array(limit))).fill_null(True).to_numpy()
-                good = np.flatnonzero(~refused)
-                left += [block[i] for i in np.flatnonzero(refused)]
-                if len(good):
-                    events.append(self._event_rows(
-                        table.take(good), pc.take(pa.array(block), good), envelope,
-                        reader.domain))
+            try:
+                found, refused = self._columnar(topic, rows, values, broker_ms, read_ms,
+                                                envelope)
+            except Exception as bug:  # noqa: BLE001 - the per-message path judges them all
+                log.error(json.dumps({"event": "parse_bug", "topic": topic,
+                                      "error": repr(bug)[:300]}))
+                found, refused = [], rows
+            events += found
+            left += refused
         return pa.concat_batches([*events, self._each(sorted(left), topics, partitions, offsets,
                                                       broker_ms, values, read_ms)])
+
+    def _columnar(self, topic: str, rows: list[int], values: Sequence[bytes | None],
+                  broker_ms: Sequence[int], read_ms: int, envelope: dict
+                  ) -> tuple[list[pa.RecordBatch], list[int]]:
+        """Event rows of the messages the columnar path accepts, and the rows it leaves."""
+        reader = self.readers[self.domains[topic]]
+        clean = [i for i in rows if _well_formed(values[i])]
+        events, left = [], sorted(set(rows) - set(clean))
+        for block, table in reader.read(values, clean):
+            if table is None:
+                left += block
+                continue
+            limit = np.minimum(np.asarray(broker_ms)[block], read_ms) + self.skew_ms
+            refused = pc.or_(reader.refused(table), pc.greater(
+                table["event_time"], pa.array(limit))).fill_null(True).to_numpy()
+            good = np.flatnonzero(~refused)
+            left += [block[i] for i in np.flatnonzero(refused)]
+            if len(good):
+                events.append(self._event_rows(table.take(good), pc.take(pa.array(block), good),
+                                               envelope, reader.domain))
+        return events, left
 
     def _event_rows(self, table: pa.Table, rows: pa.Array, envelope: dict, domain: str
                     ) -> pa.RecordBatch:
@@ -218,7 +232,7 @@ class EventParser:
             [pa.array(columns[f.name], f.type) for f in ARROW_SCHEMA], schema=ARROW_SCHEMA)
 
 
-def _columnar(raw: bytes | None) -> bool:
+def _well_formed(raw: bytes | None) -> bool:
     # Only what starts and ends as an object: Arrow's JSON reader crashes the process on a
     # block whose first value is `null` (pyarrow 25.0.1). translate() deletes at C speed, ~1 µs a
     # message, a fifth of a regular expression's cost.
