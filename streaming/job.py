@@ -109,9 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # worker in about a second instead of compiling there (10-30 s) during the first batch.
     warm_up()
 
-    # Few shuffle partitions: each runs a Python stateful task per micro-batch, a fixed cost;
-    # the buckets (the state groups) spread across them. Fixed for a checkpoint once it exists.
-    spark = get_spark("patternalarm-stream", ui=True, shuffle_partitions=4)
+    spark = get_spark("patternalarm-stream", ui=True)
+    # One stateful task per core: each task is a Python worker's fixed cost per micro-batch,
+    # and the buckets (the state groups) spread across them. Spark keeps the number a query
+    # started with in its checkpoint and ignores a later change.
+    spark.conf.set("spark.sql.shuffle.partitions", str(
+        cfg.stream_shuffle_partitions or spark.sparkContext.defaultParallelism))
     spark.conf.set("spark.sql.streaming.stateStore.providerClass",
                    "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
     query, sink = build_query(spark, cfg, args)

@@ -17,6 +17,7 @@ import pytest
 from patternalarm import settings as settings_mod
 from patternalarm import shipping
 from patternalarm.settings import PROJECT_ROOT
+from tests.conftest import cmdline
 from tests.integration.test_dags_airflow import dags_test
 
 pytestmark = pytest.mark.integration
@@ -92,7 +93,7 @@ def test_down_leaves_nothing_running(cluster, stack):
     started = Cluster(stack)
     members = [proc for spec in started.specs()
                for proc in started.supervisor._group_members(spec.name)]
-    assert any("deploy.worker.Worker" in _cmdline(p) for p in members)
+    assert any("deploy.worker.Worker" in cmdline(p) for p in members)
 
     assert len(started.down()) == 1 + stack.cluster_workers
     assert not [p for p in members if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
@@ -101,10 +102,3 @@ def test_down_leaves_nothing_running(cluster, stack):
     assert leftovers == []
     assert all(not row.running for row in started.status())
 
-
-def _cmdline(proc: psutil.Process) -> str:
-    """A member may exit between listing and reading (a worker's short-lived child)."""
-    try:
-        return " ".join(proc.cmdline())
-    except psutil.Error:
-        return ""
