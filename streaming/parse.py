@@ -82,8 +82,9 @@ def bucket_of(entity_id: str, buckets: int) -> int:
 # envelope's and payload's two objects (nesting, the free-form attributes map, which has no
 # Arrow JSON type). Generated and well-behaved producers' events have none of them.
 _PER_MESSAGE_BYTES = bytes(range(0x20)) + b"\\["
-_JSON_TYPES = {"string": pa.string(), "int": pa.int64(), "long": pa.int64(),
-               "double": pa.float64(), "boolean": pa.bool_()}
+# An "int" field is read as int64, so that a value beyond int32 is refused by its rule (and
+# named by the contract) instead of failing the whole block.
+_JSON_TYPES = {**_ARROW_TYPES, "int": pa.int64()}
 # A block of messages that fails to read as a whole is halved until the bad ones are found;
 # below this size, its messages take the per-message path.
 _SMALLEST_BLOCK = 16
@@ -116,12 +117,12 @@ class EventParser:
                     "partition": pa.array(partitions, pa.int32()),
                     "offset": pa.array(offsets, pa.int64()),
                     "broker_time": pa.array(broker_ms, pa.int64())}
+        latest_ms = pc.add(pc.min_element_wise(envelope["broker_time"], read_ms), self.skew_ms)
         events, left = [], []
         for topic in dict.fromkeys(topics):
             rows = [i for i, t in enumerate(topics) if t == topic]
             try:
-                found, refused = self._columnar(topic, rows, values, broker_ms, read_ms,
-                                                envelope)
+                found, refused = self._columnar(topic, rows, values, latest_ms, envelope)
             except Exception as bug:  # noqa: BLE001 - the per-message path judges them all
                 log.error(json.dumps({"event": "parse_bug", "topic": topic,
                                       "error": repr(bug)[:300]}))
@@ -132,9 +133,10 @@ class EventParser:
                                                       broker_ms, values, read_ms)])
 
     def _columnar(self, topic: str, rows: list[int], values: Sequence[bytes | None],
-                  broker_ms: Sequence[int], read_ms: int, envelope: dict
+                  latest_ms: pa.Array, envelope: dict
                   ) -> tuple[list[pa.RecordBatch], list[int]]:
-        """Event rows of the messages the columnar path accepts, and the rows it leaves."""
+        """Event rows of the messages the columnar path accepts, and the rows it leaves.
+        `latest_ms`: per record, the latest event time it may carry (future_event_time)."""
         reader = self.readers[self.domains[topic]]
         clean = [i for i in rows if _well_formed(values[i])]
         events, left = [], sorted(set(rows) - set(clean))
@@ -142,14 +144,14 @@ class EventParser:
             if table is None:
                 left += block
                 continue
-            limit = np.minimum(np.asarray(broker_ms)[block], read_ms) + self.skew_ms
+            at = pa.array(block)
             refused = pc.or_(reader.refused(table), pc.greater(
-                table["event_time"], pa.array(limit))).fill_null(True).to_numpy()
+                table["event_time"], pc.take(latest_ms, at))).fill_null(True).to_numpy()
             good = np.flatnonzero(~refused)
             left += [block[i] for i in np.flatnonzero(refused)]
             if len(good):
-                events.append(self._event_rows(table.take(good), pc.take(pa.array(block), good),
-                                               envelope, reader.domain))
+                events.append(self._event_rows(table.take(good), pc.take(at, good), envelope,
+                                               reader.domain))
         return events, left
 
     def _event_rows(self, table: pa.Table, rows: pa.Array, envelope: dict, domain: str
