@@ -101,4 +101,3 @@ def test_down_leaves_nothing_running(cluster, stack):
                  if str(stack.var_dir / "cluster") in " ".join(p.info["cmdline"] or [])]
     assert leftovers == []
     assert all(not row.running for row in started.status())
-

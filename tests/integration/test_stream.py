@@ -101,4 +101,3 @@ def test_the_cluster_finds_the_same_incidents(run, cluster):
     clear_incidents(cfg, DOMAINS, start, MINUTES)
     run_stream_available_now(run["env"], f"cluster-{cfg.topic_prefix}", master=cluster)
     assert incidents(cfg, DOMAINS, start, MINUTES) == local
-
