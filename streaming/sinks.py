@@ -465,15 +465,17 @@ def next_cap(previous: int, rows: int, duration_s: float, lag: int, target_s: fl
     """Records the next micro-batch may take.
 
     `fixed_s` is what a batch costs whatever its size (planning, task launch, commits): the
-    shortest batch seen recently. A batch slower than the target shrinks the next one to what
-    the rest of the target buys at the per-record rate just measured; while a backlog remains
-    and batches are fast — or when the fixed cost alone exceeds the target, so that only larger
-    batches raise throughput — the cap doubles. A burst is absorbed in batches as large as the
-    latency bound allows, the backlog drains at the job's own throughput, and memory stays
-    bounded by the ceiling.
+    shortest batch seen recently. The target is at least twice the fixed cost: a target just
+    above the fixed cost leaves almost nothing per record, and the cap fell to its floor while
+    the backlog grew (live CRISIS, fixed cost ~0.9 s against the 1 s trigger). A batch slower
+    than the target shrinks the next one to what the rest of the target buys at the per-record
+    rate just measured; while a backlog remains and batches are fast, the cap doubles. A burst
+    is absorbed in batches as large as the latency bound allows, the backlog drains at the job's
+    own throughput, and memory stays bounded by the ceiling.
     """
+    target_s = max(target_s, 2 * fixed_s)
     budget = target_s - fixed_s
-    if rows > 0 and duration_s > target_s and budget > 0 and duration_s > fixed_s:
+    if rows > 0 and duration_s > target_s and budget > 0:
         cap = rows * budget / (duration_s - fixed_s)
     elif lag > 0:
         cap = previous * 2

@@ -49,6 +49,9 @@ def test_cap_shrinks_slow_batches_and_grows_while_behind():
     assert next_cap(20_000, 300, 0.4, lag=0, fixed_s=0.2, **bounds) == 20_000
     # The fixed cost alone exceeds the target: only bigger batches help while behind.
     assert next_cap(4_000, 4_000, 4.5, lag=50_000, fixed_s=4.0, **bounds) == 8_000
+    # The fixed cost close to the target: batches up to twice the fixed cost, not the floor.
+    assert next_cap(2_600, 2_600, 1.5, lag=5_000, fixed_s=0.9, **bounds) == 5_200
+    assert next_cap(10_000, 10_000, 3.6, lag=5_000, fixed_s=0.9, **bounds) == 3_333
     # Never below the floor nor above the ceiling.
     assert next_cap(1_000, 10, 5.0, lag=0, fixed_s=0.1, **bounds) == 1_000
     assert next_cap(150_000, 150_000, 0.5, lag=10**6, fixed_s=0.1, **bounds) == 200_000
