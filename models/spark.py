@@ -13,7 +13,8 @@ from patternalarm import settings as settings_mod
 
 def get_spark(app_name: str, master: str | None = None, *, ui: bool = False,
               shuffle_partitions: int = 4) -> SparkSession:
-    """A session on ``master`` (default: the spark_master setting), or the running one.
+    """A session on ``master`` (default: spark-submit's ``--master``, else the spark_master
+    setting), or the running one.
 
     Workers must run this interpreter, or the first Python UDF fails with an opaque socket
     timeout; and Spark binds to whatever the hostname resolves to unless SPARK_LOCAL_IP is set.
@@ -22,16 +23,20 @@ def get_spark(app_name: str, master: str | None = None, *, ui: bool = False,
     reach: refused at start otherwise (shipping.check_storage).
     """
     cfg = settings_mod.get()
-    shipping.check_storage(cfg, master or cfg.spark_master)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", cfg.bind_host)
     os.environ.setdefault("JAVA_HOME", str(java.find(cfg)))
-    return (
-        SparkSession.builder.appName(app_name)
-        .master(master or cfg.spark_master)
-        .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
-        .config("spark.ui.enabled", str(ui).lower())
-        .config("spark.driver.bindAddress", os.environ["SPARK_LOCAL_IP"])
-        .getOrCreate()
-    )
+    builder = SparkSession.builder.appName(app_name)
+    # Under spark-submit (which starts this Python with a gateway port) its --master stands, as
+    # for any Spark job: the setting here once overrode it, and jobs submitted to a cluster ran
+    # in local mode on the driver.
+    if master or "PYSPARK_GATEWAY_PORT" not in os.environ:
+        builder = builder.master(master or cfg.spark_master)
+    spark = (builder
+             .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+             .config("spark.ui.enabled", str(ui).lower())
+             .config("spark.driver.bindAddress", os.environ["SPARK_LOCAL_IP"])
+             .getOrCreate())
+    shipping.check_storage(cfg, spark.sparkContext.master)
+    return spark

@@ -127,21 +127,26 @@ def clean_settings_env(monkeypatch, tmp_path):
     settings_mod.get.cache_clear()
 
 
+def stream_job(query: str, *args: str, master: str = "local[2]"
+               ) -> tuple[list[str], Path | None]:
+    """spark-submit streaming/job.py to `master` (a cluster gets the code and environment
+    shipped): the command line and the directory to run it from."""
+    from patternalarm import shipping
+
+    cfg = settings_mod.get()
+    return ([str(Path(sys.executable).parent / "spark-submit"), "--master", master,
+             *shipping.submit_args(cfg, master), str(PROJECT_ROOT / "streaming" / "job.py"),
+             "--query-name", query, *args], shipping.submit_dir(cfg, master))
+
+
 def run_stream_available_now(env: dict[str, str], query: str, *args: str,
                              master: str = "local[2]",
                              **settings: str) -> subprocess.CompletedProcess:
-    """spark-submit streaming/job.py --available-now to `master` (a cluster gets the code and
-    environment shipped) under `env` (plus PATTERNALARM_<settings>); asserts that it ended
-    well."""
-    from patternalarm import shipping
-
-    job_env = {**env, **{env_key(k): v for k, v in settings.items()}}
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "spark-submit"), "--master", master,
-         *shipping.submit_args(settings_mod.get(), master),
-         str(PROJECT_ROOT / "streaming" / "job.py"), "--available-now", "--query-name", query,
-         *args], env=job_env, capture_output=True, text=True, timeout=1800,
-        cwd=shipping.submit_dir(settings_mod.get(), master))
+    """The job with --available-now under `env` (plus PATTERNALARM_<settings>); asserts that it
+    ended well."""
+    argv, cwd = stream_job(query, "--available-now", *args, master=master)
+    done = subprocess.run(argv, env={**env, **{env_key(k): v for k, v in settings.items()}},
+                          capture_output=True, text=True, timeout=1800, cwd=cwd)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
@@ -155,6 +160,13 @@ def cmdline(proc) -> str:
         return " ".join(proc.cmdline())
     except psutil.Error:
         return ""
+
+
+def committed_batches(cfg, query: str) -> int:
+    """The micro-batches `query` committed: its rows in the batch ledger."""
+    with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM stream_batches WHERE query_name = %s", (query,))
+        return cur.fetchone()[0]
 
 
 INCIDENT_COLUMNS = ("incident_key, domain, entity_id, detector, window_start, severity, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -20,9 +21,13 @@ from patternalarm.quality import detection_quality
 from patternalarm.settings import DOMAINS
 from tests.conftest import (
     clear_incidents,
+    cmdline,
+    committed_batches,
     incidents,
     own_topics,
     run_stream_available_now,
+    stream_job,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -101,3 +106,58 @@ def test_the_cluster_finds_the_same_incidents(run, cluster):
     clear_incidents(cfg, DOMAINS, start, MINUTES)
     run_stream_available_now(run["env"], f"cluster-{cfg.topic_prefix}", master=cluster)
     assert incidents(cfg, DOMAINS, start, MINUTES) == local
+
+
+def test_a_worker_killed_mid_stream_loses_nothing(run, cluster, stack):
+    """kill -9 of a worker with everything under it (its executor and Python workers) once the
+    run has committed a batch: Spark runs the lost tasks again on the other worker, the
+    supervisor restarts the dead one, and the incidents equal the uninterrupted run's.
+    Before get_spark honoured spark-submit's --master, this found no executor on the workers:
+    every "cluster" run had been local."""
+    import psutil
+
+    from patternalarm.cluster import Cluster
+    from patternalarm.settings import env_key
+
+    def outside_silences(found: set[tuple]) -> set[tuple]:
+        # Silences fire by watermark, which the small batches here move (as in the driver
+        # crash tests): the reference ran in one or two batches.
+        return {incident for incident in found if incident[3] != "silence"}
+
+    cfg, start = run["cfg"], run["start"]
+    reference = outside_silences(incidents(cfg, DOMAINS, start, MINUTES))
+    assert len(reference) >= 30
+    clear_incidents(cfg, DOMAINS, start, MINUTES)
+    query = f"workerkill-{cfg.topic_prefix}"
+    argv, cwd = stream_job(query, "--available-now", master=cluster)
+    log_path = stack.var_dir / f"{query}.log"
+    with open(log_path, "wb") as log:  # small batches: the kill lands with most still to come
+        job = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                               env={**run["env"],
+                                    env_key("stream_max_offsets_per_trigger"): "2000"},
+                               start_new_session=True)
+    try:
+        supervisor = Cluster(stack).supervisor
+
+        def executor_under_worker() -> list[psutil.Process]:
+            assert job.poll() is None, log_path.read_text()[-3000:]
+            worker = supervisor.process("spark-worker-1")
+            tree = [worker, *worker.children(recursive=True)] if worker else []
+            executors = [p for p in tree if "CoarseGrainedExecutorBackend" in cmdline(p)]
+            return tree if executors and committed_batches(cfg, query) >= 1 else []
+
+        wait_until(executor_under_worker, timeout_s=600)
+        victims = executor_under_worker()
+        committed_at_kill = committed_batches(cfg, query)
+        for proc in victims:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGKILL)
+        assert job.wait(timeout=1500) == 0, log_path.read_text()[-3000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)
+    assert committed_batches(cfg, query) > committed_at_kill  # the kill was mid-stream
+    wait_until(lambda: supervisor.process("spark-worker-1") not in (None, *victims),
+               timeout_s=120)
+    assert outside_silences(incidents(cfg, DOMAINS, start, MINUTES)) == reference
+

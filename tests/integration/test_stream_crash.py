@@ -19,7 +19,7 @@ import pytest
 from patternalarm import db
 from patternalarm.settings import PROJECT_ROOT
 from tests import conftest
-from tests.conftest import own_topics, wait_until
+from tests.conftest import committed_batches, own_topics, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +40,6 @@ def incidents(cfg, since: datetime) -> set[tuple]:
 
 def clear(cfg, since: datetime) -> None:
     conftest.clear_incidents(cfg, DOMAINS.split(","), since, MINUTES)
-
-
-def batches(cfg, query: str) -> int:
-    with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM stream_batches WHERE query_name = %s", (query,))
-        return cur.fetchone()[0]
 
 
 def processed(cfg, query: str) -> int:
@@ -92,7 +86,7 @@ def test_kill_9_of_the_driver_loses_and_duplicates_nothing(reference):
         driver = subprocess.Popen(job(crash_env, query), env=crash_env, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_until(lambda: batches(cfg, query) >= 3, timeout_s=600)
+        wait_until(lambda: committed_batches(cfg, query) >= 3, timeout_s=600)
     finally:
         # kill -9 of the whole driver: JVM, Python workers, no shutdown hook runs.
         for proc in psutil.Process(driver.pid).children(recursive=True) + [
@@ -100,13 +94,13 @@ def test_kill_9_of_the_driver_loses_and_duplicates_nothing(reference):
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.send_signal(signal.SIGKILL)
         driver.wait()
-    committed_before_restart = batches(cfg, query)
+    committed_before_restart = committed_batches(cfg, query)
     assert incidents(cfg, start) != expected  # the kill really was mid-stream
 
     restarted = subprocess.run(job(crash_env, query, "--available-now"), env=crash_env,
                                capture_output=True, text=True, timeout=1200)
     assert restarted.returncode == 0, restarted.stdout[-3000:]
-    assert batches(cfg, query) > committed_before_restart
+    assert committed_batches(cfg, query) > committed_before_restart
     assert incidents(cfg, start) == expected
 
 
@@ -124,7 +118,7 @@ def test_kill_9_of_postgres_under_traffic_loses_and_duplicates_nothing(reference
         driver = subprocess.Popen(job(env, query), env=env, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_until(lambda: batches(cfg, query) >= 3, timeout_s=600)
+        wait_until(lambda: committed_batches(cfg, query) >= 3, timeout_s=600)
         postgres = supervisor.process("postgres")
         postgres.send_signal(signal.SIGKILL)
         wait_until(lambda: supervisor.process("postgres") not in (None, postgres),
