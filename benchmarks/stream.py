@@ -61,7 +61,10 @@ def own_topics(letter: str):
     prefix = f"{letter}{uuid.uuid4().hex[:8]}"
     cfg = settings_mod.load(topic_prefix=prefix)
     kafka.ensure_topics(cfg, cfg.all_topics, cfg.topic_partitions)
+    # The var dir is named: a job submitted to a cluster imports the settings from the shipped
+    # zip, where the default (beside the code) is no directory at all.
     return cfg, {**os.environ, "PATTERNALARM_TOPIC_PREFIX": prefix,
+                 settings_mod.env_key("var_dir"): str(cfg.var_dir),
                  "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": cfg.bind_host}
 
 
