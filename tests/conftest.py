@@ -162,6 +162,14 @@ def cmdline(proc) -> str:
         return ""
 
 
+def processed(cfg, query: str) -> int:
+    """The messages `query`'s committed batches took in (events and dead letters)."""
+    with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
+        cur.execute("SELECT coalesce(sum(input_rows), 0) FROM stream_metrics "
+                    "WHERE query_name = %s", (query,))
+        return int(cur.fetchone()[0])
+
+
 def committed_batches(cfg, query: str) -> int:
     """The micro-batches `query` committed: its rows in the batch ledger."""
     with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:

@@ -160,4 +160,3 @@ def test_a_worker_killed_mid_stream_loses_nothing(run, cluster, stack):
     wait_until(lambda: supervisor.process("spark-worker-1") not in (None, *victims),
                timeout_s=120)
     assert outside_silences(incidents(cfg, DOMAINS, start, MINUTES)) == reference
-

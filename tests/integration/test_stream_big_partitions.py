@@ -19,7 +19,7 @@ from patternalarm import db, kafka
 from patternalarm.generator import DomainStream, RateProfile, StreamSpec
 from patternalarm.quality import detection_quality
 from patternalarm.settings import PROJECT_ROOT
-from tests.conftest import own_topics, wait_until
+from tests.conftest import own_topics, processed, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -49,13 +49,6 @@ def fill(cfg, start: datetime, n: int) -> None:
             except BufferError:
                 producer.poll(0.05)
     assert producer.flush(120) == 0
-
-
-def processed(cfg, query: str) -> int:
-    with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
-        cur.execute("SELECT coalesce(sum(input_rows), 0) FROM stream_metrics "
-                    "WHERE query_name = %s", (query,))
-        return int(cur.fetchone()[0])
 
 
 def test_the_stream_reads_partitions_past_60k_messages_to_the_end(stack):

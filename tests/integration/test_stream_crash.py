@@ -16,10 +16,9 @@ from datetime import UTC, datetime, timedelta
 import psutil
 import pytest
 
-from patternalarm import db
 from patternalarm.settings import PROJECT_ROOT
 from tests import conftest
-from tests.conftest import committed_batches, own_topics, wait_until
+from tests.conftest import committed_batches, own_topics, processed, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -40,13 +39,6 @@ def incidents(cfg, since: datetime) -> set[tuple]:
 
 def clear(cfg, since: datetime) -> None:
     conftest.clear_incidents(cfg, DOMAINS.split(","), since, MINUTES)
-
-
-def processed(cfg, query: str) -> int:
-    with contextlib.closing(db.connect(cfg)) as conn, conn, conn.cursor() as cur:
-        cur.execute("SELECT coalesce(sum(input_rows), 0) FROM stream_metrics "
-                    "WHERE query_name = %s", (query,))
-        return int(cur.fetchone()[0])
 
 
 @pytest.fixture(scope="module")
