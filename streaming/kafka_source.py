@@ -409,7 +409,9 @@ def _read_ranges(ranges: tuple[OffsetRange, ...]) -> Iterator[_Chunk]:
             # Ask only for what the ranges still hold, so consume returns at once.
             wanted = min(_READ_BATCH, sum(r.end - position[k] for k, r in todo.items()))
             chunk = _Chunk()
-            for msg in reader.consume(wanted, 0.5) if todo else ():
+            batch = reader.consume(wanted, 0.5) if todo else []
+            read_at = time.monotonic()
+            for msg in batch:
                 key = (msg.topic(), msg.partition())
                 r = todo.get(key)
                 if msg.error():
@@ -425,7 +427,7 @@ def _read_ranges(ranges: tuple[OffsetRange, ...]) -> Iterator[_Chunk]:
                     continue
                 chunk.add(msg)
                 position[key] = msg.offset() + 1
-                last_progress[key] = time.monotonic()
+                last_progress[key] = read_at
                 if position[key] == r.end:
                     del todo[key]
             if chunk.offsets:
